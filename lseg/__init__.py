@@ -1,0 +1,1 @@
+"""lseg-hpc: LSeg training at scale."""

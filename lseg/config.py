@@ -1,0 +1,388 @@
+"""One dataclass schema for every entry point.
+
+Why a hand-rolled loader instead of OmegaConf/Hydra: the schema *is* the documentation, YAML files
+only hold differences from it, and every error (unknown key, wrong type, impossible value) must be
+one line naming the dotted key before any work starts. ``dataclasses`` + ``typing`` give us the
+types for free; the loader below is the only place that interprets them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message is one line naming the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextConfig:
+    arch: str = "ViT-B-32"  # open_clip model name; only its text tower is built
+    pretrained: str = "openai"  # open_clip pretrained tag, used when model.pretrained is true
+    # Overrides of the arch's text tower (tiny towers for tests); None keeps the arch's value.
+    width: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    embed_dim: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_large_patch16_384"  # timm model name
+    hooks: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
+    reassemble_channels: list[int] = field(default_factory=lambda: [256, 512, 1024, 1024])
+    features: int = 256
+    arch_option: int = 0  # 0: none, 1: bottleneck block, 2: depthwise block (official)
+    block_depth: int = 0  # official semantics: applied max(block_depth, 1) times
+    activation: str = "lrelu"  # relu | lrelu | tanh (spatial-regularisation blocks)
+    logit_scale: float = 1 / 0.07
+    learnable_logit_scale: bool = False
+    grad_checkpointing: bool = False
+    pretrained: bool = False
+    weights_cache: str | None = None  # local cache dir for timm/open_clip weights (offline nodes)
+    text: TextConfig = field(default_factory=TextConfig)
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/mseg_dataset"  # MSEG_DST_DIR/mseg_dataset
+    mseg_root: str | None = None  # mseg-api checkout; None: env MSEG_ROOT, else ./mseg
+    train_datasets: list[str] = field(
+        default_factory=lambda: ["coco-panoptic-133-relabeled", "ade20k-150-relabeled"]
+    )
+    train_ratios: list[float] | None = None  # None: plain concatenation
+    train_split: str = "train"
+    val_datasets: list[str] = field(
+        default_factory=lambda: ["coco-panoptic-133-relabeled", "ade20k-150-relabeled"]
+    )
+    val_split: str = "val"
+    base_size: int = 520
+    crop_size: int = 480
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    eval_size: int = 480
+    num_workers: int = 8
+    class_names_file: str | None = None  # YAML/TSV overriding readable class names
+    on_bad_sample: str = "skip"  # skip | error
+    max_bad_fraction: float = 0.01
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 1e-3  # official: 0.004 / 16 * per-GPU batch (4)
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 1e-4
+    decoder_lr_mult: float = 10.0
+    poly_power: float = 0.9
+    warmup_steps: int = 0
+    warmup_factor: float = 1e-3
+    min_lr: float = 0.0
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    max_steps: int = 160_000
+    batch_size: int = 4  # per process (GPU)
+    accum_steps: int = 1
+    precision: str = "bf16"  # bf16 | fp16 | fp32
+    seed: int = 0
+    ckpt_every: int = 2000
+    keep_last: int = 3
+    keep_every: int = 0  # also keep every M-th step's checkpoint (for averaging); 0 = off
+    resume: bool = True
+    allow_world_size_change: bool = False
+    max_nonfinite_steps: int = 20
+    ema_decay: float = 0.0  # 0 = no EMA
+    compile: bool = False
+    channels_last: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class EvalConfig:
+    every: int = 4000  # 0: only at the end
+    batch_size: int = 4
+    max_samples: int | None = None  # per val dataset; None = all
+    num_image_panels: int = 4
+
+
+@dataclass
+class LogConfig:
+    every: int = 20
+    tensorboard: bool = True
+    image_every: int = 0  # 0: images only at eval time
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"  # auto | nccl | gloo
+    timeout_s: int = 1800
+    port: int | None = None  # None: derived from the Slurm job id, else 29500
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of values (types are checked by the loader)
+# --------------------------------------------------------------------------------------------
+
+_CHOICES: dict[str, tuple] = {
+    "model.arch_option": (0, 1, 2),
+    "model.activation": ("relu", "lrelu", "tanh"),
+    "data.on_bad_sample": ("skip", "error"),
+    "optim.name": ("sgd", "adamw"),
+    "train.precision": ("bf16", "fp16", "fp32"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "dist.backend": ("auto", "nccl", "gloo"),
+}
+_POSITIVE = (
+    "model.features", "data.base_size", "data.crop_size", "data.eval_size", "optim.lr",
+    "train.max_steps", "train.batch_size", "train.accum_steps", "train.ckpt_every", "train.keep_last",
+    "train.max_nonfinite_steps", "eval.batch_size", "log.every", "dist.timeout_s", "model.logit_scale",
+)
+_NON_NEGATIVE = (
+    "model.block_depth", "data.num_workers", "optim.weight_decay", "optim.momentum",
+    "optim.warmup_steps", "optim.min_lr", "optim.decoder_lr_mult", "train.keep_every",
+    "train.seed", "eval.every", "eval.num_image_panels", "log.image_every",
+)
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that types cannot express; raise ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"{key}: {_get(cfg, key)!r} is not one of {list(choices)}")
+    for key in _POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)!r}")
+    for key in _NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {_get(cfg, key)!r}")
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    if len(m.hooks) != 4:
+        raise ConfigError(f"model.hooks: need 4 block indices, got {m.hooks}")
+    if len(m.reassemble_channels) != 4:
+        raise ConfigError(f"model.reassemble_channels: need 4 values, got {m.reassemble_channels}")
+    if d.crop_size % 16 or d.eval_size % 16:
+        raise ConfigError("data.crop_size/data.eval_size: must be multiples of the patch size 16")
+    if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
+        raise ConfigError(f"data.scale_range: need [low, high] with 0 < low <= high, got {d.scale_range}")
+    if not 0 <= d.max_bad_fraction <= 1:
+        raise ConfigError(f"data.max_bad_fraction: must be in [0, 1], got {d.max_bad_fraction}")
+    if not d.train_datasets:
+        raise ConfigError("data.train_datasets: must name at least one dataset")
+    if d.train_ratios is not None and (
+        len(d.train_ratios) != len(d.train_datasets) or any(r <= 0 for r in d.train_ratios)
+    ):
+        raise ConfigError("data.train_ratios: need one positive ratio per entry of data.train_datasets")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"optim.betas: need two values in [0, 1), got {o.betas}")
+    if o.clip_grad_norm is not None and o.clip_grad_norm <= 0:
+        raise ConfigError(f"optim.clip_grad_norm: must be > 0 or null, got {o.clip_grad_norm}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
+    if not 0 < o.warmup_factor <= 1:
+        raise ConfigError(f"optim.warmup_factor: must be in (0, 1], got {o.warmup_factor}")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: YAML mapping + dotted overrides -> typed dataclasses
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the schema type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{key}: expected {_type_name(tp)}, got {value!r}"
+        )
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported schema type {tp!r}")  # pragma: no cover
+
+
+def _unknown_key(prefix: str, name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{prefix}{name}'{hint}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in data.items():
+        if name not in hints:
+            raise _unknown_key(prefix, str(name), names)
+        kwargs[name] = _convert(value, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["optim.lr=0.001", "model.hooks=[2,5,8,11]"]`` -> [(key, yaml-parsed value)]."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. optim.lr=0.001")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _check_override_key(key: str) -> None:
+    cls: Any = Config
+    prefix = ""
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"override '{key}': '{prefix.rstrip('.')}' is not a section")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            raise _unknown_key(prefix, part, list(hints))
+        cls = hints[part]
+        prefix += part + "."
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping safely; malformed files give one line with file and position."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def from_dict(data: dict) -> Config:
+    return validate(_build(Config, data))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Schema defaults <- YAML file <- ``key=value`` overrides, then validation."""
+    data = load_yaml(path) if path is not None else {}
+    for key, value in parse_overrides(list(overrides)):
+        _check_override_key(key)
+        _set_dotted(data, key, value)
+    return from_dict(data)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config, path: str | Path | None = None) -> str:
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+def add_config_args(parser) -> None:
+    """The flags every entry point shares: --config FILE and trailing key=value overrides."""
+    parser.add_argument("--config", default=None, help="YAML config file (default: schema defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. optim.lr=0.001 model.arch_option=2")

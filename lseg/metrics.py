@@ -1,0 +1,48 @@
+"""Segmentation metrics from a confusion matrix.
+
+Everything is accumulated as an integer confusion matrix (rows = ground truth, columns =
+prediction) so that shards from different ranks or images add up exactly and the mean is taken
+once, over the dataset — not per image (the official code's printed per-class IoU averages
+per-image values, which is wrong).
+"""
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = 255
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts; pixels whose target is ``ignore_index`` are dropped."""
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long()
+    keep = target != ignore_index
+    if (target[keep] >= num_classes).any() or (target[keep] < 0).any():
+        raise ValueError(f"target holds a class id outside [0, {num_classes}) other than {ignore_index}")
+    idx = target[keep] * num_classes + pred[keep]
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(conf: torch.Tensor) -> dict:
+    """mIoU, pixel accuracy, frequency-weighted IoU and per-class IoU.
+
+    A class counts towards the mean only if it occurs in the ground truth or in the prediction
+    (union > 0); classes absent from both have IoU ``nan`` in ``per_class_iou`` and are excluded.
+    """
+    conf = conf.double()
+    tp = conf.diag()
+    gt = conf.sum(1)
+    pr = conf.sum(0)
+    union = gt + pr - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    present = union > 0
+    total = gt.sum()
+    freq = gt / total.clamp(min=1)
+    return {
+        "mIoU": float(iou[present].mean()) if present.any() else float("nan"),
+        "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+        "fwIoU": float((freq[present] * iou[present]).sum()) if present.any() else float("nan"),
+        "per_class_iou": iou.tolist(),
+        "present": present.tolist(),
+    }

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lseg-hpc",
+    version="0.1.0",
+    description="Training pipeline for LSeg (language-driven semantic segmentation) on SLURM clusters",
+    packages=find_packages(include=["lseg", "lseg.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "timm>=1.0",
+        "open_clip_torch>=2.24",
+        "submitit>=1.5",
+        "tensorboard>=2.14",
+        "pyyaml>=6",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": [
+            "lseg-train=lseg.train:main",
+            "lseg-taxonomy=lseg.data.taxonomy:main",
+        ]
+    },
+)
