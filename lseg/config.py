@@ -59,6 +59,9 @@ class ModelConfig:
 class DataConfig:
     root: str = "data/mseg_dataset"  # MSEG_DST_DIR/mseg_dataset
     mseg_root: str | None = None  # mseg-api checkout; None: env MSEG_ROOT, else ./mseg
+    # Folder laid out like mseg-api's dataset_lists (<dataset>/list/<split>.txt). None: <root>/dataset_lists
+    # when that exists (synthetic data), else <mseg_root>/mseg/dataset_lists.
+    lists_root: str | None = None
     train_datasets: list[str] = field(
         default_factory=lambda: ["coco-panoptic-133-relabeled", "ade20k-150-relabeled"]
     )
