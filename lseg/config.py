@@ -114,6 +114,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 = no EMA
     compile: bool = False
     channels_last: bool = False
+    freeze_bn: bool = False  # BatchNorm in eval mode while training (exact DDP/accumulation parity)
     device: str = "auto"  # auto | cpu | cuda
 
 

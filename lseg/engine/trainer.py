@@ -1,0 +1,363 @@
+"""The training loop: one small step function and a few hooks around it.
+
+Shape follows detectron2's trainer core (``run_step`` + hooks + separate writers) without its
+registry machinery. What the loop guarantees:
+
+* exact resume: model, optimizer, scheduler, scaler, EMA, step, epoch, sampler position and every
+  rank's RNG go into each checkpoint, and the data order is a pure function of (seed, epoch, index);
+* preemption: a signal only sets a flag; ranks agree on it in the per-step all-reduce, save, and
+  :meth:`Trainer.train` returns ``"preempted"`` (the CLI turns that into exit code 75);
+* non-finite steps are skipped (decided on the all-reduced gradient norm, so every rank agrees) and
+  the run aborts after ``train.max_nonfinite_steps`` in a row.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from lseg import data as lseg_data
+from lseg.checkpoint_io import FORMAT, load_checkpoint
+from lseg.config import Config, dump_yaml, to_dict
+from lseg.distributed import DistInfo
+from lseg.engine.checkpoint import CheckpointManager, provenance, rng_state, set_rng_state
+from lseg.engine.evaluation import evaluate, metrics_to_scalars, panel
+from lseg.engine.optim import build_optimizer, build_scheduler
+from lseg.engine.preemption import PreemptionFlag
+from lseg.engine.writers import ConsoleWriter, JsonlWriter, TensorboardWriter
+from lseg.metrics import IGNORE_INDEX
+from lseg.models import build_model
+
+log = logging.getLogger("lseg")
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (non-finite streak, incompatible resume); one-line message."""
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over labelled pixels, averaged per image, then over images.
+
+    Per-image averaging makes the gradient of a global batch the same whether it is split over
+    ranks (DDP averages per-rank means) or over accumulation micro-steps; an image without
+    labelled pixels contributes zero.
+    """
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = (labels != IGNORE_INDEX).to(ce.dtype)
+    per_image = (ce * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+    return per_image.mean()
+
+
+def pick_device(cfg: Config, info: DistInfo) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("train.device=cuda but no CUDA device is visible")
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Trainer:
+    def __init__(self, cfg: Config, info: DistInfo) -> None:
+        self.cfg, self.info = cfg, info
+        self.world = info.world_size
+        self.device = pick_device(cfg, info)
+        self.run_dir = Path(cfg.train.output_dir)
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+
+        self.class_names = lseg_data.class_names(cfg)
+        self.model = build_model(cfg.model).to(self.device)
+        self.text_features = self.model.text.encode(self.class_names).to(self.device)
+        image = self.model.image
+        if self.world > 1 and self.device.type == "cuda":
+            # PyTorch's SyncBatchNorm is GPU-only; on CPU (gloo) BN keeps per-process statistics.
+            self.model.image = image = torch.nn.SyncBatchNorm.convert_sync_batchnorm(image)
+        if cfg.train.channels_last:
+            image.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(image.param_groups(), cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train.max_steps, cfg.optim)
+        self.autocast_dtype = _AUTOCAST[cfg.train.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.ema = (AveragedModel(image, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+                    if cfg.train.ema_decay > 0 else None)
+        self.ddp = (DDP(image, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                        find_unused_parameters=False) if self.world > 1 else image)
+        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self.params = [p for p in image.parameters() if p.requires_grad]
+
+        self.ckpt = CheckpointManager(self.run_dir, cfg.train.keep_last, cfg.train.keep_every)
+        self.step = 0
+        self.epoch = 0
+        self.samples_in_epoch = 0  # per rank
+        self.nonfinite_in_row = 0
+        self.counters = {"nonfinite_steps": 0, "bad_samples": 0, "samples_seen": 0}
+        self.writers: list[Any] = []
+        self.tb: TensorboardWriter | None = None
+        self._loader_iter = None
+        self._window: list[dict[str, float]] = []
+        self._step_times: list[float] = []
+
+    # ------------------------------------------------------------------ setup
+    def _setup_run_dir(self) -> None:
+        if not self.info.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(self.cfg, self.run_dir / "config.yaml")
+        lseg_data.save_class_names(self.class_names, self.run_dir)
+        self.writers = [ConsoleWriter(), JsonlWriter(self.run_dir / "metrics.jsonl")]
+        if self.cfg.log.tensorboard:
+            self.tb = TensorboardWriter(self.run_dir / "tb")
+            self.writers.append(self.tb)
+            self.tb.add_text("config", "```yaml\n" + dump_yaml(self.cfg) + "```", self.step)
+
+    def _broadcast(self, obj: Any) -> Any:
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def resume(self) -> None:
+        """Load the newest valid checkpoint of the run dir (rank 0 chooses, all ranks load it)."""
+        found = self.ckpt.latest_valid() if (self.cfg.train.resume and self.info.is_main) else None
+        path = self._broadcast(str(found[0]) if found else None)
+        if path is None:
+            return
+        state = found[1] if found else load_checkpoint(path)  # other ranks load rank 0's choice
+        saved_world = int(state.get("provenance", {}).get("world_size", self.world))
+        if saved_world != self.world and not self.cfg.train.allow_world_size_change:
+            raise TrainingError(
+                f"{path} was written by {saved_world} processes, this run has {self.world}; the data order "
+                "and per-rank RNG cannot be reproduced. Relaunch with the same world size, or set "
+                "train.allow_world_size_change=true to continue anyway (sample order is approximated)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict({k.removeprefix("image."): v for k, v in state["ema"].items()})
+            self.ema.n_averaged.copy_(state["ema_n_averaged"])
+        self.step = int(state["step"])
+        self.epoch = int(state["sampler"]["epoch"])
+        self.samples_in_epoch = int(state["sampler"]["position"])
+        self.counters.update(state.get("counters", {}))
+        if saved_world == self.world:
+            set_rng_state(state["rng"][self.info.rank])
+        else:  # keep the global position in the epoch, re-split over the new world size
+            global_pos = self.samples_in_epoch * saved_world
+            per_micro = self.cfg.train.batch_size
+            self.samples_in_epoch = (global_pos // self.world) // per_micro * per_micro
+        log.info("resumed from %s at step %d (epoch %d, sample %d of this rank's shard)",
+                 path, self.step, self.epoch, self.samples_in_epoch)
+
+    # ------------------------------------------------------------------ data
+    def _next_batch(self) -> dict[str, torch.Tensor]:
+        while True:
+            if self._loader_iter is None:
+                loader = lseg_data.build_train_loader(self.cfg, self.info.rank, self.world,
+                                                      epoch=self.epoch, start=self.samples_in_epoch)
+                self._loader_iter = iter(loader)
+            try:
+                batch = next(self._loader_iter)
+            except StopIteration:
+                self._loader_iter = None
+                self.epoch += 1
+                self.samples_in_epoch = 0
+                continue
+            self.samples_in_epoch += self.cfg.train.batch_size
+            return batch
+
+    # ------------------------------------------------------------------ step
+    def run_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        accum = cfg.train.accum_steps
+        t_start = time.perf_counter()
+        data_wait = 0.0
+        loss_sum = torch.zeros((), device=self.device)
+        num_bad = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(accum):
+            t0 = time.perf_counter()
+            batch = self._next_batch()
+            data_wait += time.perf_counter() - t0
+            images = batch["image"].to(self.device, non_blocking=True)
+            labels = batch["label"].to(self.device, non_blocking=True)
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            num_bad += int(batch["num_bad"].sum())
+            sync = micro == accum - 1 or self.world == 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    logits = self.forward(images, self.text_features)
+                loss = segmentation_loss(logits, labels)
+                self.scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.optim.clip_grad_norm or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        # One small all-reduce per step carries the loss, bad-sample count and preemption flag.
+        stats = torch.tensor([float(loss_sum) / accum, num_bad, 1.0 if self.flag.received else 0.0],
+                             dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(stats)
+        if torch.isfinite(grad_norm):
+            self.scaler.step(self.optimizer)
+            self.nonfinite_in_row = 0
+            if self.ema is not None:
+                self.ema.update_parameters(self.model.image)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_row += 1
+            self.counters["nonfinite_steps"] += 1
+            log.warning("step %d: non-finite loss/gradients (grad norm %s), step skipped (%d in a row)",
+                        self.step + 1, float(grad_norm), self.nonfinite_in_row)
+            if self.nonfinite_in_row >= cfg.train.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{self.nonfinite_in_row} non-finite steps in a row at step {self.step + 1} "
+                    f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); try a lower optim.lr, "
+                    "train.precision=bf16/fp32 or optim.clip_grad_norm")
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        global_batch = cfg.train.batch_size * accum * self.world
+        self.counters["samples_seen"] += global_batch
+        self.counters["bad_samples"] += int(stats[1])
+        lseg_data.check_bad_fraction(self.counters["bad_samples"], self.counters["samples_seen"], cfg)
+        step_time = time.perf_counter() - t_start
+        return {"train/loss": float(stats[0]) / self.world, "train/grad_norm": float(grad_norm),
+                "train/lr": self.optimizer.param_groups[0]["lr"], "train/img_per_s": global_batch / step_time,
+                "train/data_wait": data_wait / step_time, "train/step_time": step_time,
+                "preempt": float(stats[2])}
+
+    # ------------------------------------------------------------------ hooks
+    def _write(self, scalars: dict[str, float], **extra: Any) -> None:
+        for w in self.writers:
+            w.write(self.step, scalars, {"epoch": self.epoch, "max_steps": self.cfg.train.max_steps, **extra})
+
+    def _log_step(self, out: dict[str, float]) -> None:
+        self._window.append(out)
+        self._step_times.append(out["train/step_time"])
+        self._step_times = self._step_times[-50:]
+        if self.step % self.cfg.log.every and self.step != self.cfg.train.max_steps:
+            return
+        keys = ("train/loss", "train/grad_norm", "train/img_per_s", "train/data_wait")
+        scalars = {k: statistics.fmean(o[k] for o in self._window) for k in keys}
+        scalars["train/lr"] = out["train/lr"]
+        scalars["train/mem"] = peak_memory_mb(self.device)
+        scalars["train/nonfinite_steps"] = self.counters["nonfinite_steps"]
+        scalars["train/bad_samples"] = self.counters["bad_samples"]
+        if self.scaler.is_enabled():
+            scalars["train/loss_scale"] = self.scaler.get_scale()
+        eta = statistics.median(self._step_times) * (self.cfg.train.max_steps - self.step)
+        self._window = []
+        self._write(scalars, eta_s=eta)
+
+    def run_eval(self) -> dict[str, float]:
+        cfg = self.cfg
+        model = self.ema.module if self.ema is not None else self.model.image
+        total = None
+        scalars: dict[str, float] = {}
+        panels: list = []
+        for name in cfg.data.val_datasets:
+            loader = lseg_data.build_val_loader(cfg, name, self.info.rank, self.world,
+                                                max_samples=cfg.eval.max_samples)
+            conf, p = evaluate(model, self.text_features, loader, len(self.class_names), self.device,
+                               self.autocast_dtype, num_panels=cfg.eval.num_image_panels - len(panels))
+            panels += p
+            total = conf if total is None else total + conf
+            scalars.update({k: v for k, v in metrics_to_scalars(conf, self.class_names, f"eval/{name}").items()
+                            if "_iou/" not in k})
+        scalars.update(metrics_to_scalars(total, self.class_names, "eval"))
+        self._write(scalars)
+        if self.tb is not None:
+            for i, (img, gt, pred) in enumerate(panels):
+                self.tb.add_image(f"eval/panel_{i}", panel(img, gt, pred, self.class_names), self.step)
+        return scalars
+
+    def save(self, metrics: dict[str, float] | None = None) -> None:
+        rngs = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if self.info.is_main:
+            state = {
+                "format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "sampler": {"epoch": self.epoch, "position": self.samples_in_epoch},
+                "rng": rngs, "counters": dict(self.counters), "config": to_dict(self.cfg),
+                "provenance": provenance(self.world),
+            }
+            if self.ema is not None:
+                state["ema"] = {"image." + k: v for k, v in self.ema.module.state_dict().items()}
+                state["ema_n_averaged"] = self.ema.n_averaged
+            path = self.ckpt.save(state, self.step)
+            log.info("saved %s", path)
+        if self.world > 1:
+            dist.barrier()  # nobody races ahead into a collective while rank 0 writes (anchors P3)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        """Run to ``train.max_steps``; returns ``{"status": "completed"|"preempted", ...}``."""
+        cfg = self.cfg
+        self.flag = PreemptionFlag()
+        try:
+            self._setup_run_dir()
+            self.resume()
+            log.info("training %s from step %d to %d on %d process(es), device %s",
+                     self.run_dir, self.step, cfg.train.max_steps, self.world, self.device)
+            self.model.image.train()
+            if cfg.train.freeze_bn:
+                for m in self.model.image.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+            last_saved = self.step
+            metrics: dict[str, float] = {}
+            while self.step < cfg.train.max_steps:
+                out = self.run_step()
+                self._log_step(out)
+                if out["preempt"]:
+                    log.info("stop signal (%s) received: saving at step %d and exiting for requeue",
+                             self.flag.received or "another rank", self.step)
+                    self.save()
+                    return {"status": "preempted", "step": self.step, "output_dir": str(self.run_dir)}
+                do_eval = cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.max_steps
+                if do_eval or self.step % cfg.train.ckpt_every == 0:
+                    self.save()
+                    last_saved = self.step
+                if do_eval:
+                    metrics = self.run_eval()
+                    if self.info.is_main:
+                        self.ckpt.record_metrics(self.step, metrics)
+            if last_saved != self.step or not self.ckpt.step_files():
+                self.save()
+            metrics = self.run_eval()
+            if self.info.is_main:
+                self.ckpt.record_metrics(self.step, metrics)
+            return {"status": "completed", "step": self.step, "output_dir": str(self.run_dir),
+                    "metrics": {k: v for k, v in metrics.items() if "_iou/" not in k}}
+        finally:
+            self.flag.restore()
+            if self.tb is not None:
+                self.tb.close()
+
