@@ -1,0 +1,131 @@
+"""Checkpoint files: atomic writes, safe loading, retention bookkeeping, resume selection."""
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from lseg.checkpoint_io import CheckpointError, load_checkpoint, save_atomic
+from lseg.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
+from lseg.engine.optim import lr_factor
+from lseg.config import OptimConfig
+
+
+def _state(step):
+    return {"model": {"w": torch.full((3,), float(step))}, "step": step}
+
+
+def test_save_atomic_round_trip_and_no_temp_left(tmp_path):
+    path = tmp_path / "a.pt"
+    save_atomic({"x": torch.arange(5)}, path)
+    assert torch.equal(load_checkpoint(path)["x"], torch.arange(5))
+    assert sorted(os.listdir(tmp_path)) == ["a.pt"]
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "a.pt"
+    save_atomic({"x": torch.zeros(2)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(Exception):
+        save_atomic({"x": Boom()}, path)
+    assert torch.equal(load_checkpoint(path)["x"], torch.zeros(2))
+    assert sorted(os.listdir(tmp_path)) == ["a.pt"]
+
+
+def test_load_errors_are_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    good = tmp_path / "good.pt"
+    save_atomic(_state(1), good)
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(trunc)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(text)
+    assert "\n" not in str(info.value)
+    lst = tmp_path / "list.pt"
+    torch.save([1, 2], lst)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(lst)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_pickle",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        torch.save({"model": _Evil()}, f)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(CheckpointError, match="refused to unpickle"):
+            load_checkpoint(path)
+        assert not (tmp_path / "pwned_by_pickle").exists()
+    finally:
+        os.chdir(cwd)
+
+
+def test_retention_last_k_every_m_and_best(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=2, keep_every=30)
+    for step in range(10, 101, 10):
+        mgr.save(_state(step), step)
+        if step == 40:
+            mgr.record_metrics(40, {"eval/mIoU": 0.9})
+        if step == 80:
+            mgr.record_metrics(80, {"eval/mIoU": 0.5})
+    kept = sorted(s for s, _ in mgr.step_files())
+    assert kept == [30, 40, 60, 90, 100]  # every 30th, best (40), last two
+    index = json.loads((tmp_path / "checkpoints/index.json").read_text())
+    assert [e["step"] for e in index["checkpoints"]] == kept
+    assert index["best"]["step"] == 40 and index["best"]["value"] == 0.9
+    assert torch.equal(load_checkpoint(tmp_path / "checkpoints/best.pt")["model"]["w"], torch.full((3,), 40.0))
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["step"] == 100
+    # bookkeeping survives a restart: a new manager sees the same best
+    mgr2 = CheckpointManager(tmp_path, keep_last=2, keep_every=30)
+    mgr2.save(_state(110), 110)
+    assert sorted(s for s, _ in mgr2.step_files()) == [30, 40, 60, 90, 100, 110]
+
+
+def test_resume_skips_corrupt_newest(tmp_path, caplog):
+    mgr = CheckpointManager(tmp_path, keep_last=5)
+    mgr.save(_state(10), 10)
+    mgr.save(_state(20), 20)
+    newest = tmp_path / "checkpoints/step_00000020.pt"
+    newest.write_bytes(newest.read_bytes()[:-50])  # truncated
+    path, state = mgr.latest_valid()
+    assert path.name == "step_00000010.pt" and state["step"] == 10
+    assert "skipping unusable checkpoint" in caplog.text
+    (tmp_path / "checkpoints/index.json").write_text("{not json")
+    assert mgr.latest_valid()[1]["step"] == 10
+
+
+def test_rng_state_round_trip_through_weights_only(tmp_path):
+    import random
+    import numpy as np
+    torch.manual_seed(3); np.random.seed(4); random.seed(5)
+    save_atomic({"rng": rng_state()}, tmp_path / "r.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
+
+
+def test_lr_schedule_warmup_then_poly():
+    cfg = OptimConfig(lr=0.01, warmup_steps=10, warmup_factor=0.1, poly_power=0.9)
+    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_factor(5, 100, cfg) == pytest.approx((1 - 0.05) ** 0.9 * 0.55)
+    assert lr_factor(50, 100, cfg) == pytest.approx(0.5 ** 0.9)
+    assert lr_factor(100, 100, cfg) == 0.0
+    floor = OptimConfig(lr=0.01, min_lr=0.001)
+    assert lr_factor(100, 100, floor) == pytest.approx(0.1)
