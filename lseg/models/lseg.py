@@ -1,0 +1,150 @@
+"""The LSeg network: trainable image side (``LSeg.image``) + frozen text side (``LSeg.text``).
+
+The split is what the trainer needs: only ``model.image`` goes into DDP (the frozen text tower has
+nothing to all-reduce), and ``model.image`` takes precomputed text embeddings so a label set is
+embedded once, not once per step.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lseg.config import ConfigError, ModelConfig
+from lseg.models.backbone import ViTBackbone
+from lseg.models.dpt import DPTDecoder, Reassemble
+from lseg.models.text import TextEncoder, text_tower_config
+
+_ACTIVATIONS = {"relu": nn.ReLU, "lrelu": nn.LeakyReLU, "tanh": nn.Tanh}
+
+
+class SpatialRegularizer(nn.Module):
+    """Official ``arch_option`` 1/2 head block on the N-channel logit map.
+
+    One ``Conv2d(1, 1, 3)`` shared by all label channels and by every repetition; applied
+    ``max(block_depth, 1)`` times, the last time without activation. Option 1 adds the channel-wise
+    max of the input (official ``bottleneck_block``), option 2 does not (``depthwise_block``).
+    """
+
+    def __init__(self, arch_option: int, block_depth: int, activation: str) -> None:
+        super().__init__()
+        self.arch_option = arch_option
+        self.repeats = max(block_depth, 1)
+        self.conv = nn.Conv2d(1, 1, kernel_size=3, padding=1)
+        self.act = _ACTIVATIONS[activation]()
+
+    def _once(self, x: torch.Tensor, act: bool) -> torch.Tensor:
+        b, n, h, w = x.shape
+        y = self.conv(x.reshape(b * n, 1, h, w)).reshape(b, n, h, w)
+        if self.arch_option == 1:
+            y = y + x.max(dim=1, keepdim=True).values
+        return self.act(y) if act else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.repeats):
+            x = self._once(x, act=i < self.repeats - 1)
+        return x
+
+
+class LSegImage(nn.Module):
+    """Everything trainable: ViT backbone, reassemble, DPT fusion, ``head1``, spatial block, logit scale.
+
+    ``forward(images, text_features) -> logits (B, N, H, W)`` in fp32.
+    """
+
+    def __init__(self, cfg: ModelConfig, embed_dim: int, backbone_file: str | None = None) -> None:
+        super().__init__()
+        self.backbone = ViTBackbone(cfg.backbone, cfg.hooks, pretrained=cfg.pretrained,
+                                    pretrained_file=backbone_file)
+        scales = (4, 2, 1, 0.5)  # 1/16 token grid -> 1/4, 1/8, 1/16, 1/32
+        self.reassemble = nn.ModuleList(
+            Reassemble(self.backbone.embed_dim, c, s) for c, s in zip(cfg.reassemble_channels, scales)
+        )
+        self.decoder = DPTDecoder(cfg.reassemble_channels, cfg.features)
+        self.head1 = nn.Conv2d(cfg.features, embed_dim, kernel_size=1)
+        self.spatial = (SpatialRegularizer(cfg.arch_option, cfg.block_depth, cfg.activation)
+                        if cfg.arch_option in (1, 2) else None)
+        if cfg.learnable_logit_scale:
+            # Stored as a log so that SGD steps are multiplicative and the scale stays positive.
+            self.logit_scale_log = nn.Parameter(torch.tensor(math.log(cfg.logit_scale)))
+        else:
+            # Fixed like the official model; not persistent: the config, not the checkpoint, defines it.
+            self.register_buffer("logit_scale_fixed", torch.tensor(float(cfg.logit_scale)), persistent=False)
+        self.set_grad_checkpointing(cfg.grad_checkpointing)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        if hasattr(self, "logit_scale_log"):
+            return self.logit_scale_log.float().exp()
+        return self.logit_scale_fixed.float()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Non-reentrant activation checkpointing of every ViT block (memory for ~1/3 more compute)."""
+        self.backbone.set_grad_checkpointing(enable)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``backbone``: the ViT; ``decoder``: all other trainable parameters (official: 10x LR)."""
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        return {
+            "backbone": [p for p in self.backbone.parameters() if p.requires_grad],
+            "decoder": [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids],
+        }
+
+    def pixel_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Unnormalised per-pixel embeddings ``(B, D, H/2, W/2)`` (output of ``head1``)."""
+        tokens, grid = self.backbone(images)
+        maps = [r(t, grid) for r, t in zip(self.reassemble, tokens)]
+        return self.head1(self.decoder(maps))
+
+    def logits_from_embeddings(self, pixels: torch.Tensor, text_features: torch.Tensor,
+                               out_size: tuple[int, int]) -> torch.Tensor:
+        """``logit_scale * cos(pixel, text)`` in fp32 (autocast off), spatial block, x2 bilinear upsample.
+
+        Pixel vectors are divided by their norm like the official code; ``F.normalize``'s eps (1e-12)
+        only differs from that for a norm below 1e-12, where the official code would give NaN.
+        """
+        with torch.autocast(device_type=pixels.device.type, enabled=False):
+            pix = F.normalize(pixels.float(), dim=1, eps=1e-12)
+            txt = F.normalize(text_features.to(device=pix.device, dtype=torch.float32), dim=-1, eps=1e-12)
+            logits = torch.einsum("bchw,nc->bnhw", pix, txt) * self.logit_scale
+            if self.spatial is not None:
+                logits = self.spatial(logits)
+            return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
+
+    def forward(self, images: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        if text_features.ndim != 2 or text_features.shape[1] != self.head1.out_channels:
+            raise ValueError(f"text_features must be (N, {self.head1.out_channels}), got {tuple(text_features.shape)}")
+        pixels = self.pixel_embeddings(images)
+        return self.logits_from_embeddings(pixels, text_features, tuple(images.shape[-2:]))
+
+
+class LSeg(nn.Module):
+    """``model(images, labels) -> logits (B, N, H, W)``; see docs/readme_model.md."""
+
+    def __init__(self, cfg: ModelConfig, backbone_file: str | None = None, text_file: str | None = None) -> None:
+        super().__init__()
+        self.config = cfg
+        embed_dim = text_tower_config(cfg.text)[0]
+        self.image = LSegImage(cfg, embed_dim, backbone_file=backbone_file)
+        self.text = TextEncoder(cfg.text, pretrained_file=text_file)
+
+    def forward(self, images: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
+        return self.image(images, self.text.encode(labels))
+
+
+def build_model(cfg: ModelConfig) -> LSeg:
+    """Build LSeg from ``cfg`` (random init, or timm/open_clip pretrained weights from the local cache)."""
+    if cfg.arch_option not in (0, 1, 2):
+        raise ConfigError(f"model.arch_option: {cfg.arch_option!r} is not one of [0, 1, 2]")
+    if cfg.activation not in _ACTIVATIONS:
+        raise ConfigError(f"model.activation: {cfg.activation!r} is not one of {list(_ACTIVATIONS)}")
+    backbone_file = text_file = None
+    if cfg.pretrained:
+        from lseg.models import weights
+
+        backbone_file = weights.locate(weights.timm_source(cfg.backbone), cfg.weights_cache)
+        text_file = weights.locate(weights.open_clip_source(cfg.text.arch, cfg.text.pretrained), cfg.weights_cache)
+    return LSeg(cfg, backbone_file=backbone_file, text_file=text_file)
