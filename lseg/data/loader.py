@@ -1,0 +1,185 @@
+"""Loaders the trainer and evaluator use; the batch contract lives here.
+
+Batch = dict: ``image`` float32 (B,3,H,W) normalised mean = std = 0.5; ``label`` int64 (B,H,W)
+universal ids, 255 = ignore; ``index`` int64 (B,) global sample index (after bad-sample
+replacement); ``num_bad`` int64 (B,) bad files skipped to produce each sample.
+
+Training position: a rank consumes exactly ``train.batch_size`` samples per micro-step and
+``samples_per_epoch_per_rank(cfg, world_size)`` per epoch, so after ``m`` micro-steps the trainer
+resumes with ``epoch_position(cfg, world_size, m)`` -> ``(epoch, start)`` passed to
+``build_train_loader``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from lseg.data.datasets import SegmentationSet, build_datasets
+from lseg.data.errors import DataError
+from lseg.data.paths import check_dataset_name, resolve_lists_root
+from lseg.data.sampler import ResumableSampler, samples_per_rank
+from lseg.data.taxonomy import load_taxonomy
+from lseg.data.transforms import build_eval_transform, build_train_transform
+
+
+def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "label": torch.stack([s["label"] for s in samples]).long(),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+        "num_bad": torch.tensor([s["num_bad"] for s in samples], dtype=torch.int64),
+    }
+
+
+def _lists_root(d) -> Any:
+    return resolve_lists_root(d.root, d.lists_root, d.mseg_root)
+
+
+def build_train_set(cfg) -> SegmentationSet:
+    """The mixture of ``data.train_datasets`` with the training transform (checks paths now)."""
+    d = cfg.data
+    for name in d.train_datasets:
+        check_dataset_name(name)
+    tax = load_taxonomy(d.mseg_root)
+    datasets = build_datasets(d.train_datasets, d.root, _lists_root(d), d.train_split, tax)
+    return SegmentationSet(datasets, build_train_transform(d), d.on_bad_sample, replace="resample")
+
+
+def samples_per_epoch_per_rank(cfg, world_size: int, train_set: SegmentationSet | None = None) -> int:
+    """Samples one rank consumes per epoch (a multiple of ``train.batch_size``)."""
+    sizes = (train_set or build_train_set(cfg)).sizes
+    return samples_per_rank(sum(sizes), world_size, cfg.train.batch_size)
+
+
+def epoch_position(cfg, world_size: int, micro_steps_done: int) -> tuple[int, int]:
+    """(epoch, start) after ``micro_steps_done`` micro-steps of ``train.batch_size`` samples."""
+    per_epoch = samples_per_epoch_per_rank(cfg, world_size)
+    consumed = micro_steps_done * cfg.train.batch_size
+    return consumed // per_epoch, consumed % per_epoch
+
+
+def _loader(dataset, batch_sampler, num_workers: int, pin_memory: bool | None) -> torch.utils.data.DataLoader:
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate,
+        pin_memory=pin_memory, persistent_workers=False,
+    )
+
+
+def build_train_loader(cfg, rank: int, world_size: int, epoch: int, start: int = 0, *,
+                       num_workers: int | None = None, pin_memory: bool | None = None,
+                       train_set: SegmentationSet | None = None) -> torch.utils.data.DataLoader:
+    """Loader over this rank's share of ``epoch``, skipping the ``start`` samples already consumed.
+
+    Deterministic in (train.seed, epoch): contents do not depend on ``num_workers``. The returned
+    DataLoader also carries ``samples_per_epoch_per_rank`` and ``steps_per_epoch`` attributes.
+    """
+    train_set = train_set or build_train_set(cfg)
+    bs = cfg.train.batch_size
+    sampler = ResumableSampler(train_set.sizes, cfg.data.train_ratios, cfg.train.seed, epoch,
+                               rank, world_size, bs, start)
+    batches = torch.utils.data.BatchSampler(sampler, bs, drop_last=True)
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    loader = _loader(train_set, batches, workers, pin_memory)
+    loader.samples_per_epoch_per_rank = sampler.samples_per_rank
+    loader.steps_per_epoch = sampler.samples_per_rank // bs
+    return loader
+
+
+class _ShardKeys(torch.utils.data.Sampler):
+    """Evaluation keys ``(i, 0)`` for i = rank, rank + W, ... < n: disjoint, covering, ordered."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.keys = [(i, 0) for i in range(rank, n, world_size)]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self):
+        return iter(self.keys)
+
+
+def build_val_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1,
+                     max_samples: int | None = None, *, num_workers: int | None = None,
+                     pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
+    """Sharded evaluation loader over the first ``max_samples`` of ``data.val_split``.
+
+    ``max_samples`` None uses ``eval.max_samples`` (None there = the whole split). Unreadable
+    samples (policy ``skip``) become all-ignore labels with ``num_bad`` = 1 so nothing is scored twice.
+    """
+    d = cfg.data
+    check_dataset_name(dataset_name)
+    tax = load_taxonomy(d.mseg_root)
+    (ds,) = build_datasets([dataset_name], d.root, _lists_root(d), d.val_split, tax)
+    val_set = SegmentationSet([ds], build_eval_transform(d), d.on_bad_sample, replace="blank")
+    limit = max_samples if max_samples is not None else cfg.eval.max_samples
+    n = len(val_set) if limit is None else min(limit, len(val_set))
+    keys = _ShardKeys(n, rank, world_size)
+    batches = torch.utils.data.BatchSampler(keys, cfg.eval.batch_size, drop_last=False)
+    workers = d.num_workers if num_workers is None else num_workers
+    return _loader(val_set, batches, workers, pin_memory)
+
+
+def check_bad_fraction(num_bad_total: int, num_seen_total: int, cfg, min_samples: int = 1000) -> None:
+    """Raise DataError when bad files exceed ``data.max_bad_fraction`` of all files read.
+
+    ``num_seen_total``: samples delivered (sum of batch sizes); ``num_bad_total``: sum of
+    ``batch["num_bad"]``. Fraction = bad / (bad + seen). Not checked before ``min_samples`` files
+    were read (one corrupt file among the first few must not stop a long run), except when every
+    file read so far was bad.
+    """
+    d = getattr(cfg, "data", cfg)
+    read = num_bad_total + num_seen_total
+    if read == 0 or num_bad_total == 0:
+        return
+    fraction = num_bad_total / read
+    if fraction > d.max_bad_fraction and (read >= min_samples or num_seen_total == 0):
+        raise DataError(
+            f"{num_bad_total} of {read} samples read were bad ({fraction:.2%} > data.max_bad_fraction="
+            f"{d.max_bad_fraction:g}); see the 'skipping bad sample' log lines, fix data.root or raise the limit"
+        )
+
+
+def benchmark_loader(cfg, num_workers: int, num_batches: int, *, warmup_batches: int = 2,
+                     batch_size: int | None = None) -> dict[str, float]:
+    """Time the training loader (decode + augment + collate) on ``cfg``'s training data.
+
+    Returns images/s overall and per worker (the main process counts as one worker when
+    ``num_workers`` is 0), plus the settings measured. Warm-up batches (worker start-up) are not
+    timed.
+    """
+    if batch_size is not None:
+        cfg = _with_batch_size(cfg, batch_size)
+    loader = build_train_loader(cfg, 0, 1, epoch=0, start=0, num_workers=num_workers, pin_memory=False)
+    needed = warmup_batches + num_batches
+    if loader.steps_per_epoch < needed:
+        raise DataError(f"benchmark needs {needed} batches, the training set gives {loader.steps_per_epoch}")
+    it = iter(loader)
+    for _ in range(warmup_batches):
+        next(it)
+    images, t0 = 0, time.perf_counter()
+    for _ in range(num_batches):
+        images += next(it)["image"].shape[0]
+    seconds = time.perf_counter() - t0
+    del it
+    rate = images / seconds
+    return {
+        "images_per_s": rate,
+        "images_per_s_per_worker": rate / max(num_workers, 1),
+        "num_workers": num_workers,
+        "batch_size": cfg.train.batch_size,
+        "num_images": images,
+        "seconds": seconds,
+        "crop_size": cfg.data.crop_size,
+    }
+
+
+def _with_batch_size(cfg, batch_size: int):
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg.train.batch_size = batch_size
+    return cfg
