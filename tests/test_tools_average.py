@@ -37,6 +37,13 @@ def _state(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
+def _model_state(seed: int) -> dict[str, torch.Tensor]:
+    """Keys as in an LSeg state dict: trainable image side, frozen text side."""
+    s = {f"image.{k}": v for k, v in _state(seed).items()}
+    s["text.proj"] = torch.arange(6.0)  # frozen: identical in every checkpoint
+    return s
+
+
 def _write(tmp: Path, name: str, state, step: int, ema=None) -> Path:
     payload = {"format": "lseg-hpc", "model": state, "config": {"model": {"features": 8}}, "step": step,
                "optimizer": {"state": {}}}
@@ -93,16 +100,19 @@ def test_shape_mismatch_is_refused_with_its_name():
 
 
 def test_files_ema_choice_and_payload(tmp_path):
-    states = [_state(s) for s in range(2)]
-    emas = [_state(10 + s) for s in range(2)]
+    states = [_model_state(s) for s in range(2)]
+    emas = [{f"image.{k}": v for k, v in _state(10 + s).items()} for s in range(2)]  # image side only
     paths = [_write(tmp_path, f"step_{i:08d}.pt", states[i], (i + 1) * 10, ema=emas[i]) for i in range(2)]
     with_ema = avg.average_files(paths)  # default: EMA because both have it
     assert with_ema["averaged"]["weights"] == "ema"
-    assert torch.equal(with_ema["model"]["conv.weight"],
-                       ((emas[0]["conv.weight"].double() + emas[1]["conv.weight"].double()) / 2).float())
+    w = with_ema["model"]
+    assert torch.equal(w["image.conv.weight"],
+                       ((emas[0]["image.conv.weight"].double() + emas[1]["image.conv.weight"].double()) / 2).float())
+    assert torch.equal(w["text.proj"], torch.arange(6.0))  # text tower from 'model', unchanged
+    assert set(w) == set(states[0])  # a complete model
     raw = avg.average_files(paths, use_ema=False)
-    assert torch.equal(raw["model"]["conv.weight"],
-                       ((states[0]["conv.weight"].double() + states[1]["conv.weight"].double()) / 2).float())
+    assert torch.equal(raw["model"]["image.conv.weight"],
+                       ((states[0]["image.conv.weight"].double() + states[1]["image.conv.weight"].double()) / 2).float())
     assert set(raw) == {"format", "model", "config", "step", "sources", "averaged"}  # no optimizer
     assert raw["step"] == 20 and [s["step"] for s in raw["sources"]] == [10, 20]
     no_ema = _write(tmp_path, "plain.pt", states[0], 5)

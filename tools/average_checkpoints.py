@@ -217,14 +217,26 @@ def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]],
 
 
 def _weights(payload: dict, path: Path, use_ema: bool | None) -> tuple[dict, str]:
+    """The full state dict to average: ``model``, or ``model`` with the EMA tensors swapped in.
+
+    The trainer's EMA covers only the image side (keys ``image.*``; an unprefixed key means
+    ``image.<key>``, as in ``lseg.models.load_model``); the frozen text tower comes from ``model``,
+    so the output is always a complete model.
+    """
+    if not isinstance(payload.get("model"), dict):
+        raise AverageError(f"{path}: no 'model' state dict (not an lseg-hpc checkpoint?)")
     has_ema = isinstance(payload.get("ema"), dict) and bool(payload["ema"])
     if use_ema and not has_ema:
         raise AverageError(f"{path}: --ema given but the checkpoint holds no EMA weights")
-    if use_ema or (use_ema is None and has_ema):
-        return payload["ema"], "ema"
-    if not isinstance(payload.get("model"), dict):
-        raise AverageError(f"{path}: no 'model' state dict (not an lseg-hpc checkpoint?)")
-    return payload["model"], "model"
+    if not (use_ema or (use_ema is None and has_ema)):
+        return payload["model"], "model"
+    merged = dict(payload["model"])
+    for key, value in payload["ema"].items():
+        full = key if key.startswith(("image.", "text.")) else f"image.{key}"
+        if full not in merged:
+            raise AverageError(f"{path}: EMA key '{key}' has no counterpart in the model weights")
+        merged[full] = value
+    return merged, "ema"
 
 
 def average_files(paths: Sequence[str | Path], use_ema: bool | None = None) -> dict[str, Any]:
