@@ -25,9 +25,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lseg.data import DataError
     from lseg.distributed import DistributedEnvError
     from lseg.engine.trainer import TrainingError
-    from lseg.models import ModelError
+    from lseg.models import WeightsError
 
-    return (ConfigError, CheckpointError, DataError, DistributedEnvError, TrainingError, ModelError)
+    return (ConfigError, CheckpointError, DataError, DistributedEnvError, TrainingError, WeightsError)
 
 
 def run(cfg: Config) -> dict[str, Any]:

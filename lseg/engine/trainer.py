@@ -122,7 +122,7 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(self.cfg, self.run_dir / "config.yaml")
-        lseg_data.save_class_names(self.class_names, self.run_dir)
+        lseg_data.write_class_names(self.cfg, self.run_dir)
         self.writers = [ConsoleWriter(), JsonlWriter(self.run_dir / "metrics.jsonl")]
         if self.cfg.log.tensorboard:
             self.tb = TensorboardWriter(self.run_dir / "tb")
