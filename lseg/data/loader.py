@@ -24,10 +24,33 @@ from lseg.data.taxonomy import load_taxonomy
 from lseg.data.transforms import build_eval_transform, build_train_transform
 
 
+def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Output tensor for a batch; in a worker it lives in shared memory from the start.
+
+    Why: a worker's batch goes to the trainer through shared memory. Writing the batch there
+    directly (as torch's default collate does) saves one copy of ~25 MB per 8 x 480² batch.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = 1
+    for n in shape:
+        numel *= n
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack samples into the batch contract (labels widened to int64 here, once per batch)."""
+    images = [s["image"] for s in samples]
+    labels = [s["label"] for s in samples]
+    image = _batch_buffer((len(samples), *images[0].shape), torch.float32)
+    torch.stack(images, out=image)
+    label = _batch_buffer((len(samples), *labels[0].shape), torch.int64)
+    for i, lab in enumerate(labels):
+        label[i].copy_(lab)
     return {
-        "image": torch.stack([s["image"] for s in samples]),
-        "label": torch.stack([s["label"] for s in samples]).long(),
+        "image": image,
+        "label": label,
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         "num_bad": torch.tensor([s["num_bad"] for s in samples], dtype=torch.int64),
     }

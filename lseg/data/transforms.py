@@ -93,13 +93,18 @@ class EvalTransform:
 
 
 def to_tensors(image: Image.Image, label: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3,H,W) float32 normalised with mean = std = 0.5, and (H,W) uint8 label."""
-    arr = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))  # (H, W, 3)
-    x = torch.empty((3, arr.shape[0], arr.shape[1]), dtype=torch.float32)
-    x.copy_(arr.permute(2, 0, 1))
-    x.mul_(1.0 / 127.5).sub_(1.0)  # (v/255 - 0.5) / 0.5
-    y = torch.from_numpy(np.array(label, dtype=np.uint8, copy=True))
-    return x, y
+    """(3,H,W) float32 normalised with mean = std = 0.5, and (H,W) uint8 label.
+
+    Done in numpy: single-threaded and several times faster than torch's elementwise ops when
+    torch's intra-op threads compete for a loaded CPU. ``(v - 127.5) / 127.5`` equals
+    ``(v / 255 - 0.5) / 0.5`` with a single rounding (0 -> -1.0, 255 -> 1.0 exactly).
+    """
+    arr = np.asarray(image)  # (H, W, 3) uint8, read-only view
+    x = np.empty((3, arr.shape[0], arr.shape[1]), dtype=np.float32)
+    np.subtract(arr.transpose(2, 0, 1), np.float32(127.5), out=x, casting="unsafe")
+    x /= np.float32(127.5)
+    y = np.array(label, dtype=np.uint8, copy=True)
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def build_train_transform(data_cfg) -> TrainTransform:
