@@ -207,11 +207,18 @@ class SegmentationSet(torch.utils.data.Dataset):
             local = rng.randrange(len(ds))
 
     def _blank(self, d: int, index: int, seed: int, num_bad: int) -> dict:
-        """All-ignore stand-in for an unreadable evaluation sample (scores nothing)."""
-        image = Image.new("RGB", (1, 1))
-        label = Image.new("L", (1, 1), IGNORE_INDEX)
-        # Resize through the transform so the tensor has the eval size.
-        x, y = self._finish(d, image.resize((64, 64)), label.resize((64, 64)), seed)
+        """All-ignore stand-in for an unreadable evaluation sample (scores nothing).
+
+        Shaped like the real sample would have been: the image header's size (when readable)
+        goes through the same transform, so fixed-size and original-size evaluation both work.
+        """
+        size = (64, 64)
+        try:
+            with Image.open(self.datasets[d].paths(index - self.offsets[d])[0]) as probe:
+                size = probe.size
+        except Exception:  # header unreadable too: any size will do for a fixed-size transform
+            pass
+        x, y = self._finish(d, Image.new("RGB", size), Image.new("L", size, IGNORE_INDEX), seed)
         x.fill_(-1.0)
         y.fill_(IGNORE_INDEX)
         return {"image": x, "label": y, "index": index, "num_bad": num_bad}

@@ -6,10 +6,10 @@ label); pad right/bottom to at least ``crop_size`` (image 0 before normalisation
 random ``crop_size``² crop; normalise with mean = std = 0.5. Evaluation: short side -> ``eval_size``,
 centre crop ``eval_size``².
 
-Why the crop is resampled directly: PIL's ``resize(box=...)`` resamples only the source rectangle
-that lands inside the crop, with the same filter footprint and pixel centres as resizing the whole
-image and then cropping (PIL clamps filters to the full image, not the box). For a 2x upscale of a
-640x480 JPEG that is a quarter of the work, which is what makes the >= 100 images/s/core target.
+Why the image crop is resampled directly: PIL's ``resize(box=...)`` resamples only the source
+rectangle that lands inside the crop, with the same filter footprint and pixel centres as resizing
+the whole image and then cropping (PIL clamps filters to the full image, not the box). For a 2x
+upscale of a 640x480 JPEG that is a quarter of the bilinear work, the dominant per-sample cost.
 
 Why an explicit seed: all randomness comes from ``random.Random(seed)`` where the sampler supplies
 the seed for each (run seed, epoch, position). Augmentation is then identical whatever the number
@@ -32,12 +32,19 @@ _NEAREST = Image.Resampling.NEAREST
 _FLIP = Image.Transpose.FLIP_LEFT_RIGHT
 
 
-def _resize_region(image: Image.Image, label: Image.Image, scale_x: float, scale_y: float,
+def _resize_region(image: Image.Image, label: Image.Image, ow: int, oh: int,
                    x0: int, y0: int, x1: int, y1: int) -> tuple[Image.Image, Image.Image]:
-    """Pixels [x0, x1) x [y0, y1) of the image resized by (scale_x, scale_y), without the rest."""
-    size = (x1 - x0, y1 - y0)
-    box = (x0 / scale_x, y0 / scale_y, x1 / scale_x, y1 / scale_y)
-    return image.resize(size, _BILINEAR, box=box), label.resize(size, _NEAREST, box=box)
+    """Pixels [x0, x1) x [y0, y1) of the pair resized to (ow, oh), without resizing the rest.
+
+    The image resamples only its source box (bilinear, same pixel centres as a full resize; at
+    most 1 grey level of rounding apart). The label is resized whole and then cropped: nearest
+    neighbour is cheap, and a box's rounded coordinates could move a tie by one source pixel.
+    """
+    w, h = image.size
+    box = (x0 * w / ow, y0 * h / oh, x1 * w / ow, y1 * h / oh)
+    img = image.resize((x1 - x0, y1 - y0), _BILINEAR, box=box)
+    lab = label.resize((ow, oh), _NEAREST).crop((x0, y0, x1, y1))
+    return img, lab
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class TrainTransform:
         cx = rng.randint(0, max(ow, crop) - crop)
         cy = rng.randint(0, max(oh, crop) - crop)
         x1, y1 = min(cx + crop, ow), min(cy + crop, oh)
-        img, lab = _resize_region(image, label, ow / w, oh / h, cx, cy, x1, y1)
+        img, lab = _resize_region(image, label, ow, oh, cx, cy, x1, y1)
         if flip:  # flipping the kept region == flipping first then cropping (same distribution)
             img, lab = img.transpose(_FLIP), lab.transpose(_FLIP)
         if img.size != (crop, crop):  # pad right/bottom, as the official recipe does
@@ -89,7 +96,7 @@ class EvalTransform:
         else:
             ow, oh = s, max(s, int(h * s / w + 0.5))
         x0, y0 = int(round((ow - s) / 2.0)), int(round((oh - s) / 2.0))
-        return _resize_region(image, label, ow / w, oh / h, x0, y0, x0 + s, y0 + s)
+        return _resize_region(image, label, ow, oh, x0, y0, x0 + s, y0 + s)
 
 
 def to_tensors(image: Image.Image, label: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
