@@ -64,9 +64,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
         if "ema" not in ckpt or ckpt["ema"] is None:
             raise CheckpointError(f"{path}: use_ema=True but the checkpoint has no 'ema' weights")
         state = _merge_ema(path, state, ckpt["ema"])
-    model = build_model(cfg)
+    # Build on the meta device and adopt the checkpoint tensors: random init of a ViT-L on CPU takes
+    # minutes (timm's trunc_normal_), and would be overwritten anyway.
+    with torch.device("meta"):
+        model = build_model(cfg)
     problem = first_mismatch(model.state_dict(), state)
     if problem is not None:
         raise CheckpointError(f"{path}: checkpoint does not match the architecture in its config: {problem}")
-    model.load_state_dict(state, strict=True)
+    expected = model.state_dict()
+    state = {k: v.to(expected[k].dtype) if v.is_floating_point() and v.dtype != expected[k].dtype else v
+             for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.reset_nonpersistent_buffers()
+    left = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if left is not None:  # a library added state we do not know how to rebuild: fail loudly, not later
+        raise CheckpointError(f"{path}: '{left}' was not restored from the checkpoint")
     return model.to(device).eval()

@@ -134,6 +134,15 @@ class LSeg(nn.Module):
     def forward(self, images: torch.Tensor, labels: Sequence[str]) -> torch.Tensor:
         return self.image(images, self.text.encode(labels))
 
+    def reset_nonpersistent_buffers(self) -> None:
+        """Recompute the buffers a state dict does not carry (after building on ``meta`` + assign-load)."""
+        device = self.image.head1.weight.device
+        if hasattr(self.image, "logit_scale_fixed"):
+            self.image.logit_scale_fixed = torch.tensor(float(self.config.logit_scale), device=device)
+        tower = self.text.tower
+        if getattr(tower, "attn_mask", None) is not None:
+            tower.attn_mask = tower.build_causal_mask().to(tower.positional_embedding.device)
+
 
 def build_model(cfg: ModelConfig) -> LSeg:
     """Build LSeg from ``cfg`` (random init, or timm/open_clip pretrained weights from the local cache)."""
