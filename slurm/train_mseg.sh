@@ -56,6 +56,8 @@ LOG=$OUTPUT_DIR/slurm/job-${SLURM_JOB_ID:-local}.out
 echo "lseg: logging to $LOG"
 exec >>"$LOG" 2>&1
 
+# The checkout itself is importable even where the package is not installed into $PYTHON.
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 export PYTHONUNBUFFERED=1
 echo "=== $(date -Is) job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}:" \
