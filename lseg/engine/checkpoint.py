@@ -80,7 +80,7 @@ def provenance(world_size: int) -> dict[str, Any]:
                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         sha = "unknown"
-    return {"git_sha": sha, "torch": torch.__version__, "timm": timm.__version__, "open_clip": oc,
+    return {"git_sha": sha, "torch": str(torch.__version__), "timm": str(timm.__version__), "open_clip": str(oc),
             "python": platform.python_version(), "world_size": world_size, "host": platform.node()}
 
 

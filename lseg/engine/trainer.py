@@ -18,6 +18,7 @@ import math
 import resource
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +238,9 @@ class Trainer:
                     f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); try a lower optim.lr, "
                     "train.precision=bf16/fp32 or optim.clip_grad_norm")
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped optimizer step is intended, not an ordering bug
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
         self.step += 1
         global_batch = cfg.train.batch_size * accum * self.world
         self.counters["samples_seen"] += global_batch

@@ -1,0 +1,215 @@
+"""The trainer as users run it: real subprocesses, real signals, real TensorBoard files."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lseg.checkpoint_io import load_checkpoint, save_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def base_overrides(data_root: Path) -> list[str]:
+    return [f"data.root={data_root}", "data.num_workers=0", "data.crop_size=64", "data.base_size=72",
+            "data.eval_size=64", "train.batch_size=2", "eval.batch_size=4", "eval.max_samples=4",
+            "log.every=1", "optim.warmup_steps=2", "model.text.layers=1"]
+
+
+def train_cmd(out: Path, data_root: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "lseg.train", "--config", str(REPO / "configs/smoke.yaml"),
+            "--output-dir", str(out), *base_overrides(data_root), *overrides]
+
+
+def run_train(out: Path, data_root: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run(train_cmd(out, data_root, *overrides), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def final_model(out: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / "checkpoints/last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_writes_the_run_dir(tmp_path, synthetic_root):
+    out = tmp_path / "run"
+    run_train(out, synthetic_root, "train.max_steps=4", "train.ckpt_every=2", "eval.every=2")
+    assert (out / "config.yaml").is_file() and (out / "log.txt").is_file()
+    assert len((out / "class_names.txt").read_text().splitlines()) == 194
+    index = json.loads((out / "checkpoints/index.json").read_text())
+    assert [e["step"] for e in index["checkpoints"]] == [2, 4]
+    assert index["best"]["metric"] == "eval/mIoU"
+    ckpt = load_checkpoint(out / "checkpoints/last.pt")
+    assert ckpt["step"] == 4 and ckpt["format"] == "lseg-hpc"
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "sampler", "config", "provenance"} <= ckpt.keys()
+    assert ckpt["provenance"]["world_size"] == 1 and len(ckpt["rng"]) == 1
+    rows = metrics(out)
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert all(k in train_rows[0] for k in ("train/lr", "train/img_per_s", "train/data_wait", "train/mem",
+                                            "train/grad_norm", "epoch", "eta_s"))
+    evals = [r for r in rows if "eval/mIoU" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert 0.0 <= evals[-1]["eval/mIoU"] <= 1.0 and 0.0 <= evals[-1]["eval/pixel_acc"] <= 1.0
+    # the model loads back through the public API and predicts at the trained class count
+    from lseg.models import load_model
+    model = load_model(out / "checkpoints/last.pt")
+    logits = model(torch.zeros(1, 3, 64, 48), ["dog", "grass"])
+    assert logits.shape == (1, 2, 64, 48)
+
+
+def test_tensorboard_events_hold_scalars_images_and_config(tmp_path, synthetic_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_train(out, synthetic_root, "train.max_steps=3", "train.ckpt_every=3", "eval.every=0",
+              "eval.num_image_panels=2")
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/img_per_s", "train/data_wait", "train/mem",
+                "eval/mIoU", "eval/pixel_acc"):
+        assert tag in tags["scalars"], tag
+    assert any(t.startswith("eval_iou/") for t in tags["scalars"])
+    assert {"eval/panel_0", "eval/panel_1"} <= set(tags["images"])
+    assert "config/text_summary" in tags["tensors"]
+    jsonl = {r["step"]: r for r in metrics(out) if "train/loss" in r}
+    tb_loss = {e.step: e.value for e in acc.Scalars("train/loss")}
+    assert sorted(tb_loss) == [1, 2, 3]
+    for step, value in tb_loss.items():
+        assert value == pytest.approx(jsonl[step]["train/loss"], rel=1e-6)
+    final_eval = [r for r in metrics(out) if "eval/mIoU" in r][-1]
+    assert acc.Scalars("eval/mIoU")[-1].value == pytest.approx(final_eval["eval/mIoU"], rel=1e-6)
+    img = acc.Images("eval/panel_0")[0]
+    assert img.width == 3 * 64 and img.height > 64  # input | truth | prediction, plus a legend
+
+
+def test_non_finite_steps_are_skipped_then_abort(tmp_path, synthetic_root):
+    out = tmp_path / "run"
+    proc = run_train(out, synthetic_root, "train.max_steps=10", "model.logit_scale=1e39",
+                     "train.max_nonfinite_steps=3", expect=2)
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "3 non-finite steps in a row at step 3 (train.max_nonfinite_steps=3)" in proc.stderr
+    assert proc.stdout.count("step skipped") == 3
+
+
+def test_resume_refuses_a_different_world_size(tmp_path, synthetic_root):
+    out = tmp_path / "run"
+    run_train(out, synthetic_root, "train.max_steps=2", "train.ckpt_every=2", "eval.every=0")
+    ckpt_path = out / "checkpoints/step_00000002.pt"
+    state = load_checkpoint(ckpt_path)
+    state["provenance"]["world_size"] = 4
+    save_atomic(state, ckpt_path)
+    proc = run_train(out, synthetic_root, "train.max_steps=4", "eval.every=0", expect=2)
+    assert "was written by 4 processes, this run has 1" in proc.stderr
+    assert "train.allow_world_size_change=true" in proc.stderr
+
+
+def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log = out / "log.txt"
+        if log.exists() and f"step {step}/" in log.read_text():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached")
+
+
+@pytest.mark.slow
+def test_exact_resume_after_kill9_and_signal(tmp_path, synthetic_root):
+    """Interrupted runs (kill -9 at random points, SIGUSR2) end bit-identical to an uninterrupted one."""
+    steps = ["train.max_steps=16", "train.ckpt_every=3", "eval.every=8", "train.ema_decay=0.9",
+             "data.num_workers=1"]
+    ref = tmp_path / "ref"
+    run_train(ref, synthetic_root, *steps)
+    reference = load_checkpoint(ref / "checkpoints/last.pt")
+
+    # SIGUSR2: saves at the next step boundary and exits 75 (requeue), then resumes to the end.
+    sig = tmp_path / "sig"
+    proc = subprocess.Popen(train_cmd(sig, synthetic_root, *steps), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_step(sig, 5, proc)
+    proc.send_signal(signal.SIGUSR2)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 75, stderr
+    stopped_at = load_checkpoint(sig / "checkpoints/last.pt")["step"]
+    assert 5 <= stopped_at < 16 and f"saving at step {stopped_at}" in stdout
+    run_train(sig, synthetic_root, *steps)
+    assert_same_weights(final_model(sig), reference["model"])
+
+    # kill -9 at random moments, resume each time until the run completes.
+    rng = random.Random(1234)
+    killed = tmp_path / "killed"
+    kills = 0
+    while True:
+        proc = subprocess.Popen(train_cmd(killed, synthetic_root, *steps), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        delay = rng.uniform(4.0, 14.0) if kills < 4 else 1e9
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read()[-2000:]
+        break
+    assert kills == 4
+    state = load_checkpoint(killed / "checkpoints/last.pt")
+    assert_same_weights(state["model"], reference["model"])
+    assert_same_weights(state["ema"], reference["ema"])
+    assert_same_weights(state["optimizer"]["state"][0], reference["optimizer"]["state"][0])
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_equals_larger_batch(tmp_path, synthetic_root):
+    common = ["train.max_steps=3", "train.ckpt_every=3", "eval.every=0", "train.freeze_bn=true",
+              "optim.name=sgd"]
+    big, acc = tmp_path / "big", tmp_path / "acc"
+    run_train(big, synthetic_root, *common, "train.batch_size=2")
+    run_train(acc, synthetic_root, *common, "train.batch_size=1", "train.accum_steps=2")
+    big_losses = [r["train/loss"] for r in metrics(big) if "train/loss" in r]
+    acc_losses = [r["train/loss"] for r in metrics(acc) if "train/loss" in r]
+    assert acc_losses == pytest.approx(big_losses, rel=1e-5)
+    a, b = final_model(big), final_model(acc)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, synthetic_root):
+    common = ["train.max_steps=3", "train.ckpt_every=3", "eval.every=0", "train.freeze_bn=true",
+              "optim.name=sgd"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    run_train(single, synthetic_root, *common, "train.batch_size=2")
+    cmd = train_cmd(ddp, synthetic_root, *common, "train.batch_size=1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] + cmd[1:]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s_losses = [r["train/loss"] for r in metrics(single) if "train/loss" in r]
+    d_losses = [r["train/loss"] for r in metrics(ddp) if "train/loss" in r]
+    assert d_losses == pytest.approx(s_losses, rel=1e-5)
+    ckpt = load_checkpoint(ddp / "checkpoints/last.pt")
+    assert ckpt["provenance"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    a, b = final_model(single), ckpt["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
