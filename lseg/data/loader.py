@@ -167,12 +167,12 @@ def check_bad_fraction(num_bad_total: int, num_seen_total: int, cfg, min_samples
 
 
 def benchmark_loader(cfg, num_workers: int, num_batches: int, *, warmup_batches: int = 2,
-                     batch_size: int | None = None) -> dict[str, float]:
+                     batch_size: int | None = None) -> dict[str, float | int | None]:
     """Time the training loader (decode + augment + collate) on ``cfg``'s training data.
 
     Returns images/s overall and per worker (the main process counts as one worker when
-    ``num_workers`` is 0), plus the settings measured. Warm-up batches (worker start-up) are not
-    timed.
+    ``num_workers`` is 0), with ``num_workers=0`` also images per CPU-second, plus the settings
+    measured. Warm-up batches (worker start-up) are not timed. ``tools/benchmark.py data`` wraps it.
     """
     if batch_size is not None:
         cfg = _with_batch_size(cfg, batch_size)
@@ -180,18 +180,27 @@ def benchmark_loader(cfg, num_workers: int, num_batches: int, *, warmup_batches:
     needed = warmup_batches + num_batches
     if loader.steps_per_epoch < needed:
         raise DataError(f"benchmark needs {needed} batches, the training set gives {loader.steps_per_epoch}")
-    it = iter(loader)
-    for _ in range(warmup_batches):
-        next(it)
-    images, t0 = 0, time.perf_counter()
-    for _ in range(num_batches):
-        images += next(it)["image"].shape[0]
-    seconds = time.perf_counter() - t0
-    del it
+    threads = torch.get_num_threads()
+    if num_workers == 0:  # measure like a DataLoader worker, which runs torch single-threaded
+        torch.set_num_threads(1)
+    try:
+        it = iter(loader)
+        for _ in range(warmup_batches):
+            next(it)
+        images, t0, cpu0 = 0, time.perf_counter(), time.process_time()
+        for _ in range(num_batches):
+            images += next(it)["image"].shape[0]
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+        del it
+    finally:
+        torch.set_num_threads(threads)
     rate = images / seconds
     return {
         "images_per_s": rate,
         "images_per_s_per_worker": rate / max(num_workers, 1),
+        # num_workers=0 only: images per CPU-second of this process, i.e. per fully used core,
+        # insensitive to other jobs sharing the machine
+        "images_per_cpu_s": images / cpu_seconds if num_workers == 0 and cpu_seconds > 0 else None,
         "num_workers": num_workers,
         "batch_size": cfg.train.batch_size,
         "num_images": images,

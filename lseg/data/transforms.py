@@ -106,9 +106,10 @@ def to_tensors(image: Image.Image, label: Image.Image) -> tuple[torch.Tensor, to
     torch's intra-op threads compete for a loaded CPU. ``(v - 127.5) / 127.5`` equals
     ``(v / 255 - 0.5) / 0.5`` with a single rounding (0 -> -1.0, 255 -> 1.0 exactly).
     """
-    arr = np.asarray(image)  # (H, W, 3) uint8, read-only view
-    x = np.empty((3, arr.shape[0], arr.shape[1]), dtype=np.float32)
-    np.subtract(arr.transpose(2, 0, 1), np.float32(127.5), out=x, casting="unsafe")
+    w, h = image.size
+    x = np.empty((3, h, w), dtype=np.float32)
+    for c, band in enumerate(image.split()):  # contiguous planes: faster than a strided transpose
+        np.subtract(np.asarray(band), np.float32(127.5), out=x[c], casting="unsafe")
     x /= np.float32(127.5)
     y = np.array(label, dtype=np.uint8, copy=True)
     return torch.from_numpy(x), torch.from_numpy(y)
