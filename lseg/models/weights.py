@@ -3,8 +3,8 @@
 Compute nodes of most clusters cannot reach the Hugging Face Hub, and a download attempt there can
 hang on a firewalled socket. So weights are looked up in a local Hugging Face cache first (the
 layout ``hf_hub_download`` writes, filled on a login node by ``tools/prepare_weights.py``), and the
-network is only tried when ``HF_HUB_OFFLINE`` is not set. Every failure is one line that names the
-cache directory and the command that fills it.
+model itself never downloads. Every failure is one line that names the cache directory and the
+command that fills it.
 """
 from __future__ import annotations
 
@@ -91,23 +91,22 @@ def download(src: WeightSource, cache_dir: str) -> str:
         try:
             return hf_hub_download(src.repo_id, name, cache_dir=cache_dir)
         except Exception as exc:  # noqa: BLE001 - the hub raises many kinds; we report the first line
-            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            errors.append(f"{name}: {first[:160]}")
     raise WeightsError(f"could not download {src.what} from {src.repo_id}: " + "; ".join(errors))
 
 
 def locate(src: WeightSource, weights_cache: str | None) -> str:
-    """Local path of ``src``: from the cache, else a download unless offline; one-line error otherwise."""
+    """Local path of ``src`` from the cache; never downloads (one-line error naming the fix instead).
+
+    Model construction runs on every rank of a job, often on nodes without network, where a
+    download attempt costs a minute of retries or hangs; fetching is tools/prepare_weights.py's job.
+    """
     cache_dir = cache_dir_for(weights_cache)
     path = find_cached(src, cache_dir)
     if path is not None:
         return path
-    hint = PREPARE_CMD.format(dir=cache_dir)
-    if offline():
-        raise WeightsError(
-            f"pretrained weights for {src.what} not found in cache dir {cache_dir} and HF_HUB_OFFLINE is set; "
-            f"run on a machine with network: {hint}"
-        )
-    try:
-        return download(src, cache_dir)
-    except WeightsError as exc:
-        raise WeightsError(f"{exc} (cache dir {cache_dir}); on a machine with network run: {hint}") from None
+    raise WeightsError(
+        f"pretrained weights for {src.what} ({src.repo_id}) not found in cache dir {cache_dir}; "
+        f"fetch them on a machine with network: {PREPARE_CMD.format(dir=cache_dir)}"
+    )

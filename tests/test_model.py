@@ -1,0 +1,335 @@
+"""lseg.models: shapes, exact parameter counts, gradients, precision, text cache, loading, weights."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lseg.checkpoint_io import FORMAT, CheckpointError, save_atomic
+from lseg.config import ConfigError, load_config, to_dict
+from lseg.models import LSeg, WeightsError, build_model, load_model
+from lseg.models.backbone import resize_pos_embed
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+LABELS = ["road", "sky", "person"]
+
+
+def smoke_cfg(**overrides):
+    return dataclasses.replace(load_config(SMOKE).model, **overrides)
+
+
+@pytest.fixture(scope="module")
+def model() -> LSeg:
+    torch.manual_seed(0)
+    return build_model(smoke_cfg()).eval()
+
+
+def payload(m: LSeg, cfg_model=None, **extra) -> dict:
+    cfg = load_config(SMOKE)
+    cfg.model = cfg_model or m.config
+    return {"format": FORMAT, "model": m.state_dict(), "config": to_dict(cfg), **extra}
+
+
+# ------------------------------------------------------------------------------------ shapes
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 64, 96), (1, 3, 96, 32), (1, 3, 48, 80)])
+def test_output_shape(model, shape):
+    """Square, non-square, and odd token grids (48/16 = 3) all give (B, N, H, W) fp32 logits."""
+    with torch.no_grad():
+        out = model(torch.randn(*shape), LABELS)
+    assert out.shape == (shape[0], len(LABELS), shape[2], shape[3])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    # |logit| <= logit_scale because both sides are unit vectors
+    assert out.abs().max() <= 1 / 0.07 + 1e-4
+
+
+def test_size_not_multiple_of_16(model):
+    with pytest.raises(ValueError, match="multiple of the patch size 16"):
+        model(torch.randn(1, 3, 64, 72), LABELS)
+
+
+def test_pixel_embeddings_and_logit_formula(model):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        pix = model.image.pixel_embeddings(x)
+        txt = model.text.encode(LABELS)
+        assert pix.shape == (1, 64, 32, 32)
+        want = torch.einsum("bchw,nc->bnhw", pix / pix.norm(dim=1, keepdim=True), txt) / 0.07
+        want = F.interpolate(want, size=(64, 64), mode="bilinear", align_corners=True)
+        torch.testing.assert_close(model(x, LABELS), want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_pixel_vector_gives_no_nan(model):
+    pix = torch.zeros(1, 64, 4, 4)
+    out = model.image.logits_from_embeddings(pix, model.text.encode(LABELS), (8, 8))
+    assert torch.equal(out, torch.zeros(1, 3, 8, 8))
+
+
+def test_pos_embed_resize_is_official_bilinear():
+    """CLS kept; grid bilinear align_corners=False, no antialias (not timm's bicubic default)."""
+    from timm.layers import resample_abs_pos_embed
+
+    pe = torch.randn(1, 1 + 24 * 24, 8)
+    out = resize_pos_embed(pe, (24, 24), (30, 20))
+    grid = pe[:, 1:].reshape(1, 24, 24, 8).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(30, 20), mode="bilinear").permute(0, 2, 3, 1).reshape(1, 600, 8)
+    assert torch.equal(out[:, :1], pe[:, :1])
+    torch.testing.assert_close(out[:, 1:], want, rtol=0, atol=0)
+    assert torch.equal(resize_pos_embed(pe, (24, 24), (24, 24)), pe)
+    bicubic = resample_abs_pos_embed(pe, (30, 20), (24, 24), num_prefix_tokens=1)
+    assert (bicubic - out).abs().max() > 1e-3  # timm's default really is different
+
+
+# ------------------------------------------------------------------------------------ sizes
+def test_official_parameter_counts_on_meta():
+    cfg = load_config(ROOT / "configs" / "lseg_vitl16_480_mseg.yaml").model
+    cfg = dataclasses.replace(cfg, pretrained=False)
+    with torch.device("meta"):
+        m = build_model(cfg)
+        m1 = build_model(dataclasses.replace(cfg, arch_option=1, learnable_logit_scale=True))
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    # official trainable 343,859,176 minus unused ViT head 1,025,000 + norm 2,048 and
+    # refinenet4.resConfUnit1 1,180,672
+    assert count(m.image) == 341_651_456
+    assert count(m.image.backbone) == 303_688_704
+    assert count(m.text) == 63_428_096
+    assert count(m1.image) == 341_651_456 + 10 + 1
+    assert len(m.image.backbone.model.blocks) == 24
+    assert not hasattr(m.image.decoder.refinenet4, "resConfUnit1")
+    assert all(b.attn.fused_attn for b in m.image.backbone.model.blocks)  # timm SDPA path
+
+
+def test_param_groups_partition(model):
+    groups = model.image.param_groups()
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids)) == len(list(model.image.parameters()))
+    assert sum(p.numel() for p in groups["backbone"]) == sum(p.numel() for p in model.image.backbone.parameters())
+    assert not any(p.requires_grad for p in model.text.parameters())
+
+
+def test_hooks_out_of_range():
+    with pytest.raises(ConfigError, match="model.hooks"):
+        build_model(smoke_cfg(hooks=[2, 5, 8, 12]))
+
+
+# ------------------------------------------------------------------------------------ gradients
+def _loss(m: LSeg, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(m(x, LABELS), target, ignore_index=255)
+
+
+def test_every_image_param_gets_a_grad_and_text_none():
+    torch.manual_seed(0)
+    m = build_model(smoke_cfg(arch_option=1, block_depth=2, learnable_logit_scale=True)).train()
+    x = torch.randn(2, 3, 64, 48)
+    target = torch.randint(0, 3, (2, 64, 48))
+    _loss(m, x, target).backward()
+    missing = [n for n, p in m.image.named_parameters() if p.grad is None]
+    assert missing == []  # so DDP can run with find_unused_parameters=False
+    assert all(p.grad is None and not p.requires_grad for p in m.text.parameters())
+    assert m.image.logit_scale_log.grad.abs() > 0
+
+
+def test_text_is_frozen_and_stays_eval(model):
+    model.train()
+    try:
+        assert model.image.training
+        assert not model.text.training and not any(mod.training for mod in model.text.modules())
+    finally:
+        model.eval()
+    assert all(not p.requires_grad for p in model.text.parameters())
+
+
+def test_grad_checkpointing_gives_same_grads():
+    torch.manual_seed(0)
+    m = build_model(smoke_cfg()).train()
+    x = torch.randn(1, 3, 32, 64)
+    target = torch.randint(0, 3, (1, 32, 64))
+    grads = []
+    for ckpt in (False, True):
+        m.zero_grad(set_to_none=True)
+        m.image.set_grad_checkpointing(ckpt)
+        assert m.image.backbone.grad_checkpointing is ckpt
+        _loss(m, x, target).backward()
+        grads.append({n: p.grad.clone() for n, p in m.image.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_grad_checkpointing_from_config():
+    m = build_model(smoke_cfg(grad_checkpointing=True))
+    assert m.image.backbone.grad_checkpointing
+
+
+def test_bf16_autocast_logits_fp32(model):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x, LABELS)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pix = model.image.pixel_embeddings(x)
+            out = model(x, LABELS)
+    assert pix.dtype == torch.bfloat16  # autocast was active for the network
+    assert out.dtype == torch.float32
+    assert ((out - ref).norm() / ref.norm()).item() < 0.1
+
+
+# ------------------------------------------------------------------------------------ text
+def test_text_encode_cache_and_values(model):
+    model.text.clear_cache()
+    a = model.text.encode(LABELS)
+    assert a.shape == (3, 64) and a.dtype == torch.float32 and not a.requires_grad
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(3))
+    assert model.text.encode(list(LABELS)) is a  # cached per label tuple
+    b = model.text.encode(LABELS[:1])
+    assert b is not a
+    torch.testing.assert_close(b[0], a[0], rtol=1e-5, atol=1e-6)  # batch-independent
+    assert len(model.text._cache) == 2
+
+
+def test_text_cache_cleared_on_load(model):
+    m = build_model(smoke_cfg())
+    before = m.text.encode(LABELS).clone()
+    m.load_state_dict(model.state_dict())  # through the parent: the text post-hook must fire
+    assert len(m.text._cache) == 0
+    after = m.text.encode(LABELS)
+    torch.testing.assert_close(after, model.text.encode(LABELS))
+    assert not torch.allclose(before, after)
+
+
+def test_label_errors(model):
+    with pytest.raises(ValueError, match="empty label list"):
+        model.text.encode([])
+    with pytest.raises(ValueError, match=r"labels\[1\]: empty label"):
+        model.text.encode(["dog", "  "])
+    with pytest.raises(ValueError, match=r"labels\[2\]: .* 80 tokens.* at most 75"):
+        model.text.encode(["dog", "cat", "word " * 80])
+    with pytest.raises(ValueError, match="single string"):
+        model.text.encode("dog")
+    model.text.encode(["dog " * 75])  # exactly 75 tokens fits
+
+
+# ------------------------------------------------------------------------------------ loading
+def test_load_model_round_trip(model, tmp_path):
+    save_atomic(payload(model), tmp_path / "ck.pt")
+    loaded = load_model(tmp_path / "ck.pt")
+    assert not loaded.training and not loaded.text.training
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, LABELS), model(x, LABELS))
+    assert not any(p.requires_grad for p in loaded.text.parameters())
+    assert all(p.requires_grad for p in loaded.image.parameters())
+
+
+def test_load_model_ema(model, tmp_path):
+    ema = {k[len("image."):]: v + 0.01 if v.is_floating_point() else v
+           for k, v in model.state_dict().items() if k.startswith("image.")}
+    save_atomic(payload(model, ema=ema), tmp_path / "ck.pt")
+    loaded = load_model(tmp_path / "ck.pt", use_ema=True)
+    torch.testing.assert_close(loaded.image.head1.bias, model.image.head1.bias + 0.01)
+    torch.testing.assert_close(loaded.text.tower.ln_final.weight, model.text.tower.ln_final.weight)
+    save_atomic(payload(model), tmp_path / "noema.pt")
+    with pytest.raises(CheckpointError, match="no 'ema'"):
+        load_model(tmp_path / "noema.pt", use_ema=True)
+
+
+def test_load_model_architecture_mismatch(model, tmp_path):
+    path = tmp_path / "other.pt"
+    save_atomic(payload(model, cfg_model=smoke_cfg(features=48)), path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    assert "'image.decoder.layer1_rn.weight' has shape [32, 32, 3, 3] in the checkpoint but [48, 32, 3, 3]" in msg
+
+    state = model.state_dict()
+    del state["image.head1.bias"]
+    save_atomic({**payload(model), "model": state}, path)
+    with pytest.raises(CheckpointError, match="missing key 'image.head1.bias'"):
+        load_model(path)
+    save_atomic({**payload(model, cfg_model=smoke_cfg(arch_option=2))}, path)
+    with pytest.raises(CheckpointError, match="missing key 'image.spatial.conv.weight'"):
+        load_model(path)
+
+
+# ------------------------------------------------------------------------------------ weights
+def test_pretrained_missing_fails_fast(tmp_path):
+    cfg = smoke_cfg(pretrained=True, weights_cache=str(tmp_path / "cache"))
+    start = time.monotonic()
+    with pytest.raises(WeightsError) as err:
+        build_model(cfg)
+    assert time.monotonic() - start < 5
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "cache") in msg
+    assert f"python tools/prepare_weights.py --cache-dir {tmp_path / 'cache'}" in msg
+
+
+def _fake_hub_file(cache: Path, repo: str, filename: str, state: dict) -> None:
+    """A file in the Hugging Face cache layout (what hf_hub_download leaves behind)."""
+    from safetensors.torch import save_file
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snap / filename))
+
+
+def test_pretrained_weights_load_from_cache(tmp_path):
+    """pretrained=True reads timm + open_clip files from the cache (no network); text keeps only text keys."""
+    import timm
+
+    from lseg.models import weights
+
+    cfg = smoke_cfg(pretrained=True, weights_cache=str(tmp_path))
+    torch.manual_seed(5)
+    vit = timm.create_model(cfg.backbone, pretrained=False).state_dict()  # with head and norm
+    src = weights.timm_source(cfg.backbone)
+    _fake_hub_file(tmp_path, src.repo_id, "model.safetensors", vit)
+
+    rand = build_model(smoke_cfg())
+    clip = {k[len("text.tower."):]: torch.randn_like(v) for k, v in rand.state_dict().items()
+            if k.startswith("text.tower.")}
+    clip.update({"visual.proj": torch.randn(8, 64), "logit_scale": torch.tensor(4.6)})
+    src = weights.open_clip_source(cfg.text.arch, cfg.text.pretrained)
+    _fake_hub_file(tmp_path, src.repo_id, src.filenames[0], clip)
+
+    m = build_model(cfg)
+    torch.testing.assert_close(m.image.backbone.model.blocks[3].attn.qkv.weight, vit["blocks.3.attn.qkv.weight"])
+    torch.testing.assert_close(m.image.backbone.model.pos_embed, vit["pos_embed"])
+    torch.testing.assert_close(m.text.tower.text_projection, clip["text_projection"])
+    assert not any(p.requires_grad for p in m.text.parameters())
+
+
+def test_prepare_weights_cli_offline(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_weights_tool", ROOT / "tools" / "prepare_weights.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--help"])
+    assert exc.value.code == 0 and "--cache-dir" in capsys.readouterr().out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    assert tool.main(["--cache-dir", str(tmp_path / "empty")]) == 2
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(tmp_path / "empty") in err and "HF_HUB_OFFLINE" in err and "vit_large_patch16_384" in err
+
+
+@pytest.mark.slow
+def test_vitl_forward_backward_small_input():
+    """Full-size official config on CPU at a small non-square input (not 480): a few seconds of compute."""
+    cfg = dataclasses.replace(load_config(ROOT / "configs" / "lseg_vitl16_480_mseg.yaml").model, pretrained=False)
+    m = build_model(cfg).train()
+    x = torch.randn(1, 3, 64, 96)
+    out = m(x, ["a", "b"])
+    assert out.shape == (1, 2, 64, 96)
+    out.float().logsumexp(1).mean().backward()
+    assert all(p.grad is not None for p in m.image.parameters())
