@@ -2,7 +2,8 @@
 
 Why a module of its own: ``tools/submit.py`` (training) and ``tools/eval_sweep.py --submit``
 (job arrays) must accept the same flags with the same meaning, so a user can copy a working
-``--partition/--account/--timeout`` line from one to the other. Only flag parsing and the mapping
+``--partition/--account/--timeout`` line from one to the other. The names and meanings follow
+``tools/submit.py`` (which defines its flags inline and may switch to :func:`add_scheduler_args`). Only flag parsing and the mapping
 to submitit parameters live here; what is submitted is each tool's business.
 """
 from __future__ import annotations
@@ -28,11 +29,17 @@ def add_scheduler_args(parser: argparse.ArgumentParser, *, gpus_per_node: int = 
     g.add_argument("--constraint", default=None, help="Slurm --constraint (node features)")
     g.add_argument("--exclude", default=None, help="nodes to exclude (Slurm hostlist)")
     g.add_argument("--mem", default=None, help="memory per node, e.g. 64G or 0 for the whole node")
+    g.add_argument("--ntasks-per-node", type=int, default=None,
+                   help="processes per node (default: --gpus-per-node, or 1 without GPUs)")
     g.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task (data loading)")
+    g.add_argument("--comment", default=None, help="Slurm --comment")
+    g.add_argument("--signal-delay-s", type=int, default=180, help="USR2 this many seconds before the limit")
     g.add_argument("--job-name", default=None, help="job name (default: the tool's name)")
     g.add_argument("--logs-dir", default=None, help="submitit log folder (default: under the output dir)")
     g.add_argument("--cluster", default=None, choices=["slurm", "local", "debug"],
                    help="submitit backend (default: slurm if available, else local)")
+    g.add_argument("--local", dest="cluster", action="store_const", const="local",
+                   help="same as --cluster local (run the tasks on this machine)")
     g.add_argument("--array-parallelism", type=int, default=64, help="max array tasks running at once")
     g.add_argument("--dry-run", action="store_true", help="print what would be submitted and exit")
     return g
@@ -68,17 +75,17 @@ def executor_parameters(args: argparse.Namespace, name: str) -> dict[str, Any]:
     params: dict[str, Any] = {
         "name": args.job_name or name,
         "nodes": args.nodes,
-        "tasks_per_node": max(args.gpus_per_node, 1),
+        "tasks_per_node": args.ntasks_per_node or max(args.gpus_per_node, 1),
         "gpus_per_node": args.gpus_per_node,
         "cpus_per_task": args.cpus_per_task,
         "timeout_min": parse_timeout_min(args.timeout),
         "slurm_array_parallelism": args.array_parallelism,
-        "slurm_signal_delay_s": 180,
+        "slurm_signal_delay_s": args.signal_delay_s,
     }
     mem = parse_mem_gb(args.mem)
     if mem is not None:
         params["mem_gb"] = mem
-    for flag in ("partition", "account", "qos", "constraint", "exclude"):
+    for flag in ("partition", "account", "qos", "constraint", "exclude", "comment"):
         value = getattr(args, flag)
         if value:
             params[f"slurm_{flag}"] = value
