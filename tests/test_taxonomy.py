@@ -116,7 +116,7 @@ def test_cli_module_entry_point(mseg_root):
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("universal: 194 classes")
     assert "  77  person                   -> 125  person" in res.stdout
-    assert res.stderr == ""
+    assert "Warning" not in res.stderr  # e.g. runpy's double-import warning
 
 
 def test_missing_mseg_root_names_both_fixes(tmp_path, monkeypatch):

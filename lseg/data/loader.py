@@ -35,7 +35,10 @@ def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     numel = 1
     for n in shape:
         numel *= n
-    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    try:
+        storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)  # what default_collate uses
+    except AttributeError:  # private API gone: correct, one extra copy
+        return torch.empty(shape, dtype=dtype).share_memory_()
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
