@@ -49,6 +49,10 @@ def text_state_dict_from_clip(clip_state: dict[str, torch.Tensor]) -> dict[str, 
             if not k.startswith(drop_prefixes) and k not in drop_keys}
 
 
+def _clear_cache_after_load(module: "TextEncoder", incompatible_keys: object) -> None:
+    module.clear_cache()
+
+
 class TextEncoder(nn.Module):
     """``encode(labels) -> (N, D)`` L2-normalised fp32 label embeddings from a frozen CLIP text tower."""
 
@@ -71,7 +75,7 @@ class TextEncoder(nn.Module):
         self.train(False)
         self._cache: dict[tuple[str, ...], torch.Tensor] = {}
         # Any load_state_dict reaching this module (also via the parent) makes cached embeddings stale.
-        self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_cache())
+        self.register_load_state_dict_post_hook(_clear_cache_after_load)
 
     def train(self, mode: bool = True) -> "TextEncoder":
         """Always eval: the tower is frozen, so train-mode behaviour (dropout) must never switch on."""
@@ -104,7 +108,11 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, labels: Sequence[str]) -> torch.Tensor:
-        """Unit-length fp32 embeddings, computed once per label tuple (also under autocast)."""
+        """Unit-length fp32 embeddings ``(N, D)``, computed once per label tuple (also under autocast).
+
+        The returned tensor is the cached one: do not modify it in place. Changing the tower's weights
+        other than through ``load_state_dict`` requires ``clear_cache()``.
+        """
         key = tuple(labels) if not isinstance(labels, str) else (labels,)
         device = self.tower.positional_embedding.device
         cached = self._cache.get(key)
