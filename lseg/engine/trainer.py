@@ -116,6 +116,7 @@ class Trainer:
         self._loader_iter = None
         self._window: list[dict[str, float]] = []
         self._step_times: list[float] = []
+        self.flag: PreemptionFlag | None = None  # installed by train(); run_step works without it
 
     # ------------------------------------------------------------------ setup
     def _setup_run_dir(self) -> None:
@@ -217,7 +218,7 @@ class Trainer:
         max_norm = cfg.optim.clip_grad_norm or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         # One small all-reduce per step carries the loss, bad-sample count and preemption flag.
-        stats = torch.tensor([float(loss_sum) / accum, num_bad, 1.0 if self.flag.received else 0.0],
+        stats = torch.tensor([float(loss_sum) / accum, num_bad, 1.0 if self.flag and self.flag.received else 0.0],
                              dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(stats)
