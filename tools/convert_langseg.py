@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(convert(args))
     except (CheckpointError, ConversionError, ConfigError) as exc:
-        print(f"error: {args.input}: {exc}" if not str(exc).startswith(str(args.input)) else f"error: {exc}",
-              file=sys.stderr)
+        msg = str(exc) if str(args.input) in str(exc) else f"{args.input}: {exc}"
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     return 0
 
