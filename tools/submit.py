@@ -128,9 +128,15 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _pythonpath_line() -> str:
-    """Jobs unpickle TrainJob, which imports lseg: make this checkout importable wherever they start."""
-    return f'export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}'
+def job_setup(args: argparse.Namespace) -> list[str]:
+    """Shell lines run before the tasks start; the same environment slurm/train_mseg.sh gives them.
+
+    PYTHONPATH: jobs unpickle TrainJob, which imports lseg, wherever they start. OMP_NUM_THREADS:
+    one intra-op pool per task sized to its CPUs (torch would otherwise use every core of the node;
+    it also keeps CPU results identical between the two launchers).
+    """
+    return [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}",
+            f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{args.cpus_per_task}}}"]
 
 
 def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {
         "job_name": args.job_name, "nodes": args.nodes, "ntasks_per_node": tasks,
         "cpus_per_task": args.cpus_per_task, "time": args.timeout,
-        "signal_delay_s": args.signal_delay_s, "setup": [_pythonpath_line()],
+        "signal_delay_s": args.signal_delay_s, "setup": job_setup(args),
         # --requeue: needed for `scontrol requeue` and preemption-requeue where JobRequeue=0.
         "additional_parameters": {"requeue": True},
     }
@@ -171,7 +177,7 @@ def make_executor(args: argparse.Namespace, folder: Path) -> submitit.Executor:
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=args.max_requeues)
         executor.update_parameters(timeout_min=args.timeout, tasks_per_node=args.ntasks_per_node or 1,
                                    gpus_per_node=max(args.gpus_per_node, 0),
-                                   signal_delay_s=args.signal_delay_s, setup=[_pythonpath_line()])
+                                   signal_delay_s=args.signal_delay_s, setup=job_setup(args))
         return executor
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues)
     executor.update_parameters(**slurm_parameters(args))
