@@ -8,11 +8,12 @@ directory — a crash or full disk at any point leaves the previous file intact.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 import torch
 
@@ -46,14 +47,14 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
     return obj
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that readers only ever see the old or the complete new file."""
-    path = Path(path)
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str) -> Iterator[IO]:
+    """Yield a temp file beside ``path``; on success fsync it, rename it over ``path``, fsync the dir."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -70,20 +71,13 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` so that readers only ever see the old or the complete new file."""
+    with _atomic_file(Path(path), "wb") as f:
+        torch.save(obj, f)
+
+
 def write_text_atomic(text: str, path: str | Path) -> None:
     """Same guarantee as :func:`save_atomic` for small text files (index.json, pointers)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with _atomic_file(Path(path), "w") as f:
+        f.write(text)
