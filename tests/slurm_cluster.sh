@@ -39,7 +39,7 @@ live_pid() {
   [[ -s $1 ]] || return 1
   pid=$(tr -cd '0-9' <"$1")
   [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$2" || return 1
+  { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "$2" || return 1
   state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
   [[ -n $state && $state != Z ]] || return 1
   echo "$pid"
@@ -211,8 +211,8 @@ cmd_start() {
 our_stepds() {
   local d
   for d in /proc/[0-9]*; do
-    tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q '^slurmstepd' || continue
-    tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx "SLURM_CONF=$SLURM_CONF" && echo "${d#/proc/}"
+    { tr '\0' ' ' <"$d/cmdline"; } 2>/dev/null | grep -q '^slurmstepd' || continue
+    { tr '\0' '\n' <"$d/environ"; } 2>/dev/null | grep -qx "SLURM_CONF=$SLURM_CONF" && echo "${d#/proc/}"
   done
   return 0
 }
