@@ -596,7 +596,7 @@ def submit(args: argparse.Namespace, argv: list[str], pending: list[Cell], out_d
     """One array task per pending cell; each task reruns this script on its cell (``--cell ID``)."""
     from submitit.helpers import CommandFunction
 
-    child = [a for a in argv if a != "--submit"]
+    child = [a for a in argv if a not in ("--submit", "--dry-run")]
     command = [sys.executable, str(Path(__file__).resolve()), *child, "--cell"]
     params = executor_parameters(args, "eval_sweep")
     print(f"{len(pending)} pending cell(s) -> job array; executor parameters: {params}")
@@ -725,12 +725,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     if args.last is not None and not args.run_dir:
         print("error: --last needs --run-dir", file=sys.stderr)
         return 2
+    from lseg.data.errors import DataError
+
+    errors: tuple[type[BaseException], ...] = (SweepError, ConfigError, CheckpointError, DataError)
     try:
         from lseg.train import user_errors
 
-        errors = user_errors() + (SweepError,)
-    except ImportError:  # pragma: no cover - trainer missing
-        errors = (SweepError, ConfigError, CheckpointError)
+        errors += user_errors()
+    except ImportError:  # pragma: no cover - trainer's error list unavailable
+        pass
     try:
         return run(args, argv)
     except errors as exc:
