@@ -12,10 +12,12 @@ The tests skip where Slurm or root is missing, except under CI (CI=true), where 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -255,10 +257,16 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(cluster: Cluster, data
     try:
         # Once the trainer logs "training", its signal flag is installed. Then cut the time limit
         # so that the real time-limit signal (USR2, 90 s before the end) is due at slurmctld's
-        # next check, while leaving more than a minute to save.
+        # next check (it runs every ~30 s), while leaving more than a minute to save. The ranks
+        # are frozen until the signal is pending, so it lands mid-training however fast the
+        # machine is; the pause does not change what is computed.
         wait_for(lambda: "training" in _read(run_dir / "log.txt"), JOB_TIMEOUT_S, "the trainer to start")
-        elapsed = _seconds(cluster.cmd("squeue", "-h", "-j", job, "-o", "%M"))
-        cluster.cmd("scontrol", "update", f"JobId={job}", f"TimeLimit={math.ceil(elapsed / 60) + 1}")
+        tasks = task_pids(job)
+        assert len(tasks) == 2, f"expected 2 trainer processes for job {job}, found {tasks}"
+        with frozen(tasks):
+            elapsed = _seconds(cluster.cmd("squeue", "-h", "-j", job, "-o", "%M"))
+            cluster.cmd("scontrol", "update", f"JobId={job}", f"TimeLimit={math.ceil(elapsed / 60) + 1}")
+            wait_for(lambda: all(signal_reached(p) for p in tasks), 90, "the time-limit signal")
         wait_for(lambda: cluster.state(job) == ("PENDING", "BeginTime"), 150, "submitit's requeue")
         # the restarted job gets its full limit back
         cluster.cmd("scontrol", "update", f"JobId={job}", "TimeLimit=10", "StartTime=now+3")
@@ -289,3 +297,49 @@ def _seconds(elapsed: str) -> int:
     for part in clock.split(":"):
         total = total * 60 + int(part)
     return total + int(days or 0) * 86400
+
+
+def task_pids(job: str) -> list[int]:
+    """The job's Python task processes on this machine (found through SLURM_JOB_ID in /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if (Path(argv[0].decode()).name.startswith("python") and b"submitit.core._submit" in argv
+                and f"SLURM_JOB_ID={job}".encode() in environ):
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def signal_reached(pid: int) -> bool:
+    """True once the stopped process got SIGUSR2: pending (bit 12 of ShdPnd/SigPnd), or already
+    running again (slurmstepd sends SIGCONT along with job signals), or gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return True
+    for line in status:
+        key, _, value = line.partition(":")
+        if key == "State" and not value.strip().startswith("T"):
+            return True
+        if key in ("ShdPnd", "SigPnd") and int(value.strip(), 16) & (1 << (signal.SIGUSR2 - 1)):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def frozen(pids: list[int]):
+    """SIGSTOP the processes for the duration of the block; SIGCONT them whatever happens."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
