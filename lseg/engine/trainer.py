@@ -19,6 +19,7 @@ import resource
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,8 @@ class Trainer:
         self.writers: list[Any] = []
         self.tb: TensorboardWriter | None = None
         self._loader_iter = None
+        # Seam for benchmarks/tests: when set, batches come from here instead of the data loader.
+        self.batch_source: Iterator[dict[str, torch.Tensor]] | None = None
         self._window: list[dict[str, float]] = []
         self._step_times: list[float] = []
         self.flag: PreemptionFlag | None = None  # installed by train(); run_step works without it
@@ -162,6 +165,7 @@ class Trainer:
         self.epoch = int(state["sampler"]["epoch"])
         self.samples_in_epoch = int(state["sampler"]["position"])
         self.counters.update(state.get("counters", {}))
+        self.text_features = self.model.text.encode(self.class_names).to(self.device)  # weights may differ
         if saved_world == self.world:
             set_rng_state(state["rng"][self.info.rank])
         else:  # keep the global position in the epoch, re-split over the new world size
@@ -173,6 +177,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> dict[str, torch.Tensor]:
+        if self.batch_source is not None:
+            self.samples_in_epoch += self.cfg.train.batch_size
+            return next(self.batch_source)
         while True:
             if self._loader_iter is None:
                 loader = lseg_data.build_train_loader(self.cfg, self.info.rank, self.world,
