@@ -255,12 +255,13 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(cluster: Cluster, data
     job = match.group(1)
     assert str(run_dir) in submit.stdout and f"{job}_0_log.out" in submit.stdout
     try:
-        # Once the trainer logs "training", its signal flag is installed. Then cut the time limit
+        # Once the first checkpoint is written the trainer is mid-run. Then cut the time limit
         # so that the real time-limit signal (USR2, 90 s before the end) is due at slurmctld's
         # next check (it runs every ~30 s), while leaving more than a minute to save. The ranks
         # are frozen until the signal is pending, so it lands mid-training however fast the
         # machine is; the pause does not change what is computed.
-        wait_for(lambda: "training" in _read(run_dir / "log.txt"), JOB_TIMEOUT_S, "the trainer to start")
+        wait_for(lambda: (run_dir / "checkpoints" / "step_00000010.pt").exists(), JOB_TIMEOUT_S,
+                 "the first checkpoint")
         tasks = task_pids(job)
         assert len(tasks) == 2, f"expected 2 trainer processes for job {job}, found {tasks}"
         with frozen(tasks):
@@ -282,7 +283,7 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(cluster: Cluster, data
     train_log = _read(run_dir / "log.txt")
     assert "stop signal (SIGUSR2) received" in train_log
     resumed = re.findall(rf"from step (\d+) to {MAX_STEPS}", train_log)
-    assert len(resumed) == 2 and 0 < int(resumed[1]) < MAX_STEPS, train_log[-3000:]
+    assert len(resumed) == 2 and 10 <= int(resumed[1]) < MAX_STEPS, train_log[-3000:]
     assert_same_weights(run_dir, reference_run[0])
 
 
