@@ -275,6 +275,10 @@ class MemoryProbe:
             Path("/proc/self/clear_refs").write_text("5")
         self._base = self.current_mb()
 
+    def held_mb(self) -> float:
+        """Memory in use now minus the memory in use at ``start()``."""
+        return self.current_mb() - self._base
+
     def peak_mb(self) -> float:
         """Peak since ``start()`` minus the memory in use at ``start()``."""
         return self.absolute_peak_mb() - self._base
@@ -330,7 +334,8 @@ def repeat_batch(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Ten
         yield batch
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so that wall-clock timers measure it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -377,7 +382,7 @@ class StepBench:
             v.precision, torch.amp.GradScaler(self.device.type, enabled=v.precision == "fp16"))
         dtype = _AUTOCAST[v.precision]
         self.optimizer.zero_grad(set_to_none=False)
-        _sync(self.device)
+        sync(self.device)
         self.probe.start()
         t0 = time.perf_counter()
         batch = next(self.batches)
@@ -385,17 +390,17 @@ class StepBench:
         labels = batch["label"].to(self.device, non_blocking=True)
         if v.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        _sync(self.device)
+        sync(self.device)
         t1 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(images, self.text)
         loss = segmentation_loss(logits, labels)
-        _sync(self.device)
+        sync(self.device)
         t2 = time.perf_counter()
-        fwd_mb = self.probe.current_mb() - self.probe._base  # held for backward at the end of forward
+        fwd_mb = self.probe.held_mb()  # held for backward at the end of forward
         scaler.scale(loss).backward()
         del logits
-        _sync(self.device)
+        sync(self.device)
         t3 = time.perf_counter()
         act_peak = self.probe.peak_mb()
         scaler.unscale_(self.optimizer)
@@ -403,7 +408,7 @@ class StepBench:
         if torch.isfinite(grad_norm):
             scaler.step(self.optimizer)
         scaler.update()
-        _sync(self.device)
+        sync(self.device)
         t4 = time.perf_counter()
         return {"data_s": t1 - t0, "forward_s": t2 - t1, "backward_s": t3 - t2, "optimizer_s": t4 - t3,
                 "step_s": t4 - t0, "fwd_held_mb": fwd_mb, "act_peak_mb": act_peak,

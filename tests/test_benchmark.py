@@ -121,7 +121,7 @@ def test_train_step_with_the_real_loader_and_no_peak(tmp_path, synthetic_root, c
 
 def test_cpu_memory_probe_sees_a_known_allocation():
     code = ("import torch; from lseg.bench import MemoryProbe; p = MemoryProbe(torch.device('cpu')); "
-            "p.start(); x = torch.ones(64 * 2**18); del x; print(p.cpu_exact, p.peak_mb(), p.current_mb() - p._base)")
+            "p.start(); x = torch.ones(64 * 2**18); del x; print(p.cpu_exact, p.peak_mb(), p.held_mb())")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     exact, peak, after = res.stdout.split()
     if exact != "True":

@@ -157,13 +157,13 @@ def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
         bare_scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
 
         def full() -> dict[str, float]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             trainer._log_step(trainer.run_step())  # what Trainer.train() does per step
-            bench._sync(device)
-            return {"step_s": time.perf_counter() - t0}
+            bench.sync(device)
+            return {"step_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
         def bare() -> dict[str, float]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             trainer.optimizer.zero_grad(set_to_none=True)
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
@@ -172,24 +172,31 @@ def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
             bare_scaler.scale(segmentation_loss(logits, labels)).backward()
             bare_scaler.step(trainer.optimizer)
             bare_scaler.update()
-            bench._sync(device)
-            return {"step_s": time.perf_counter() - t0}
+            bench.sync(device)
+            return {"step_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
         results = bench.interleaved({"trainer": full, "bare": bare}, args.warmup, args.steps)
         if trainer.tb is not None:
             trainer.tb.close()
     t_full = [r["step_s"] for r in results["trainer"]]
     t_bare = [r["step_s"] for r in results["bare"]]
-    ratio = statistics.median(t_full) / statistics.median(t_bare)
-    pair_ratio = statistics.median(f / b for f, b in zip(t_full, t_bare))
-    rows = [{"loop": "trainer", "step_ms": 1e3 * statistics.median(t_full), "img/s": B / statistics.median(t_full)},
-            {"loop": "bare", "step_ms": 1e3 * statistics.median(t_bare), "img/s": B / statistics.median(t_bare)}]
-    note = (f"overhead: {100 * (ratio - 1):+.2f} % (ratio of medians), {100 * (pair_ratio - 1):+.2f} % "
-            f"(median of per-round ratios); {args.warmup} warm-up + {args.steps} rounds trainer/bare, interleaved")
+    c_full = [r["cpu_s"] for r in results["trainer"]]
+    c_bare = [r["cpu_s"] for r in results["bare"]]
+    med = statistics.median
+    ratio = med(t_full) / med(t_bare)
+    pair_ratio = med(f / b for f, b in zip(t_full, t_bare))
+    cpu_ratio = med(c_full) / med(c_bare)
+    rows = [{"loop": name, "step_ms": 1e3 * med(t), "cpu_ms": 1e3 * med(c), "img/s": B / med(t),
+             "min_step_ms": 1e3 * min(t)} for name, t, c in (("trainer", t_full, c_full), ("bare", t_bare, c_bare))]
+    note = (f"overhead: {100 * (ratio - 1):+.2f} % wall (ratio of medians), {100 * (pair_ratio - 1):+.2f} % "
+            f"(median of per-round ratios), {100 * (cpu_ratio - 1):+.2f} % process CPU time; "
+            f"{args.warmup} warm-up + {args.steps} rounds trainer/bare, interleaved")
     rec = _record("overhead", args, cfg, device=str(device), warmup=args.warmup, steps=args.steps,
-                  trainer_s=t_full, bare_s=t_bare, ratio=ratio, pair_ratio=pair_ratio,
-                  overhead_pct=100 * (ratio - 1), pair_overhead_pct=100 * (pair_ratio - 1))
-    return _finish(args, bench.format_table(rows, ["loop", "step_ms", "img/s"]) + "\n" + note, rec)
+                  trainer_s=t_full, bare_s=t_bare, trainer_cpu_s=c_full, bare_cpu_s=c_bare, ratio=ratio,
+                  pair_ratio=pair_ratio, cpu_ratio=cpu_ratio, overhead_pct=100 * (ratio - 1),
+                  pair_overhead_pct=100 * (pair_ratio - 1), cpu_overhead_pct=100 * (cpu_ratio - 1))
+    return _finish(args, bench.format_table(rows, ["loop", "step_ms", "cpu_ms", "min_step_ms", "img/s"]) + "\n" + note,
+                   rec)
 
 
 # ------------------------------------------------------------------------------------ data
