@@ -58,11 +58,14 @@ def _atomic_file(path: Path, mode: str) -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # name the file the user knows (not the temp file), so CLIs can print "path: reason"
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -71,10 +74,52 @@ def _atomic_file(path: Path, mode: str) -> Iterator[IO]:
         os.close(dir_fd)
 
 
+class _RecordingWriter:
+    """File wrapper that remembers the OSError of a failed write.
+
+    Why: ``torch.save`` turns a failed write (disk full, file-size limit, quota) into an opaque
+    ``RuntimeError('... unexpected pos 704 vs 598')``; the recorded OSError is what the user needs.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` so that readers only ever see the old or the complete new file."""
-    with _atomic_file(Path(path), "wb") as f:
-        torch.save(obj, f)
+    """``torch.save`` to ``path`` so that readers only ever see the old or the complete new file.
+
+    A write that fails (disk full, quota, file-size limit, unwritable folder) raises one-line
+    :class:`CheckpointError` naming the file and the OS reason; the temp file is removed and a
+    previous ``path`` is left untouched.
+    """
+    path = Path(path)
+    writer: _RecordingWriter | None = None
+    try:
+        with _atomic_file(path, "wb") as f:
+            writer = _RecordingWriter(f)
+            torch.save(obj, writer)
+    except (OSError, RuntimeError) as exc:
+        cause = writer.error if writer is not None and writer.error is not None else exc
+        if not isinstance(cause, OSError):
+            raise  # not an I/O failure: a bug, keep the traceback
+        reason = cause.strerror or str(cause)
+        kept = "; the previous file is unchanged" if path.exists() else ""
+        raise CheckpointError(f"could not save {path}: {reason}{kept}") from None
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Any
 
-from lseg.checkpoint_io import CheckpointError
+from lseg import cli
 from lseg.config import Config, ConfigError, add_config_args, load_config
 from lseg.engine.preemption import REQUEUE_EXIT_CODE
 
@@ -21,13 +21,8 @@ log = logging.getLogger("lseg")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is the whole story: printed as one line, no traceback."""
-    from lseg.data import DataError
-    from lseg.distributed import DistributedEnvError
-    from lseg.engine.trainer import TrainingError
-    from lseg.models import WeightsError
-
-    return (ConfigError, CheckpointError, DataError, DistributedEnvError, TrainingError, WeightsError)
+    """Exceptions whose message is the whole story: printed as one line, no traceback (lseg.cli's list)."""
+    return cli.user_error_types()
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -69,20 +64,26 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.output_dir is not None:
         overrides.append(f"train.output_dir={args.output_dir}")
-    rank = "?"
+    rank, world = "?", 1
     try:
         cfg = load_config(args.config, overrides)
         from lseg.distributed import detect
 
-        rank = str(detect().rank)
+        info = detect()
+        rank, world = str(info.rank), info.world_size
         result = run(cfg)
-    except user_errors() as exc:
-        print(f"error (rank {rank}): {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"interrupted (rank {rank})", file=sys.stderr)
-        return 130
-    except Exception:  # noqa: BLE001 - one traceback, labelled with the rank that raised it
+        return cli.INTERRUPTED_EXIT_CODE
+    except Exception as exc:  # noqa: BLE001 - classified below; tracebacks only for real crashes
+        if cli.is_user_error(exc):
+            print(f"error (rank {rank}): {cli.describe(exc)}", file=sys.stderr)
+            return cli.USER_ERROR_EXIT_CODE
+        if world > 1 and cli.is_peer_failure(exc):
+            # The rank that failed prints its own error; a second traceback here would only
+            # point at the collective that noticed it.
+            print(f"rank {rank}: stopping because another rank failed ({cli.first_line(exc)})", file=sys.stderr)
+            return 1
         print(f"rank {rank} failed:\n{traceback.format_exc()}", file=sys.stderr)
         return 1
     return REQUEUE_EXIT_CODE if result["status"] == "preempted" else 0

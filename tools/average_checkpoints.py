@@ -35,7 +35,8 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # allow `python tools/average_checkpoints.py` from a checkout
     sys.path.insert(0, str(_REPO))
 
-from lseg.checkpoint_io import FORMAT, CheckpointError, load_checkpoint, save_atomic  # noqa: E402
+from lseg.checkpoint_io import FORMAT, load_checkpoint, save_atomic  # noqa: E402
+from lseg.cli import cli_main  # noqa: E402
 
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 
@@ -306,20 +307,17 @@ def select_paths(args: argparse.Namespace) -> list[Path]:
     return [c.path for c in chosen]
 
 
+@cli_main(AverageError)
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
-    try:
-        paths = select_paths(args)
-        print(f"averaging {len(paths)} checkpoint(s):")
-        for p in paths:
-            print(f"  {p}")
-        if args.dry_run:
-            return 0
-        payload = average_files(paths, use_ema=args.ema)
-        save_atomic(payload, args.output)
-    except (AverageError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    paths = select_paths(args)
+    print(f"averaging {len(paths)} checkpoint(s):")
+    for p in paths:
+        print(f"  {p}")
+    if args.dry_run:
+        return 0
+    payload = average_files(paths, use_ema=args.ema)
+    save_atomic(payload, args.output)
     print(f"wrote {args.output} ({payload['averaged']['weights']} weights, step {payload['step']})")
     return 0
 

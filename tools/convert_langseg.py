@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from lseg.checkpoint_io import FORMAT, CheckpointError, load_checkpoint, save_atomic  # noqa: E402
+from lseg.cli import cli_main  # noqa: E402
 from lseg.config import ConfigError, load_config, to_dict  # noqa: E402
 from lseg.models.convert import ConversionError, convert_state_dict, official_state_dict  # noqa: E402
 from lseg.models.lseg import build_model  # noqa: E402
@@ -80,6 +81,7 @@ def convert(args: argparse.Namespace) -> str:
            f"arch_option {cfg.model.arch_option}, block_depth {cfg.model.block_depth}"
 
 
+@cli_main()  # everything else a user can cause (unwritable output, ...) is one line too
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

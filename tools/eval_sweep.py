@@ -58,7 +58,8 @@ if str(_REPO / "tools") not in sys.path:
     sys.path.insert(0, str(_REPO / "tools"))
 
 from average_checkpoints import AverageError, list_run_checkpoints  # noqa: E402
-from lseg.checkpoint_io import CheckpointError, save_atomic, write_text_atomic  # noqa: E402
+from lseg.checkpoint_io import save_atomic, write_text_atomic  # noqa: E402
+from lseg.cli import cli_main  # noqa: E402
 from lseg.config import Config, ConfigError, add_config_args, from_dict, load_config, parse_overrides  # noqa: E402
 from lseg.inference import (  # noqa: E402
     OFFICIAL_SCALES, Protocol, infer, keep_original, logits_fn, official_protocol, reduce_prompts,
@@ -719,26 +720,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+@cli_main(SweepError)
 def main(argv: Iterable[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.last is not None and not args.run_dir:
-        print("error: --last needs --run-dir", file=sys.stderr)
-        return 2
-    from lseg.data.errors import DataError
-
-    errors: tuple[type[BaseException], ...] = (SweepError, ConfigError, CheckpointError, DataError)
-    try:
-        from lseg.train import user_errors
-
-        errors += user_errors()
-    except ImportError:  # pragma: no cover - trainer's error list unavailable
-        pass
-    try:
-        return run(args, argv)
-    except errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise SweepError("--last needs --run-dir")
+    return run(args, argv)
 
 
 if __name__ == "__main__":

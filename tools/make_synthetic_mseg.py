@@ -15,11 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lseg.data.errors import DataError  # noqa: E402
+from lseg.cli import cli_main  # noqa: E402
 from lseg.data.paths import SUPPORTED_DATASETS  # noqa: E402
 from lseg.data.synthetic import make_synthetic_mseg  # noqa: E402
 
 
+@cli_main()
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", required=True, help="folder to use as data.root")
@@ -34,12 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.num_train < 0 or args.num_val < 0 or min(args.size) < 8:
         p.error("counts must be >= 0 and sizes >= 8")
-    try:
-        counts = make_synthetic_mseg(args.output, args.num_train, args.num_val, tuple(args.size), args.seed,
-                                     args.num_classes, args.datasets, args.mseg_root)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    counts = make_synthetic_mseg(args.output, args.num_train, args.num_val, tuple(args.size), args.seed,
+                                 args.num_classes, args.datasets, args.mseg_root)
     for ds, splits in counts.items():
         print(f"{ds}: " + ", ".join(f"{n} {s}" for s, n in splits.items()))
     print(f"wrote {args.output} (use data.root={args.output})")

@@ -31,7 +31,8 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from lseg.checkpoint_io import CheckpointError, load_checkpoint  # noqa: E402
+from lseg.checkpoint_io import load_checkpoint  # noqa: E402
+from lseg.cli import cli_main  # noqa: E402
 from lseg.inference import Protocol, infer, logits_fn, official_protocol, single_protocol, whole_protocol  # noqa: E402
 
 
@@ -221,23 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main(PredictError, ValueError)  # ValueError: invalid protocol flags (stride, scales)
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     if not 0.0 <= args.alpha <= 1.0:
-        print("error: --alpha must be in [0, 1]", file=sys.stderr)
-        return 2
-    errors: tuple[type[BaseException], ...] = (PredictError, CheckpointError, ValueError)
-    try:
-        from lseg.models.weights import WeightsError
-
-        errors += (WeightsError,)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        predict(args)
-    except errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise PredictError("--alpha must be in [0, 1]")
+    predict(args)
     return 0
 
 

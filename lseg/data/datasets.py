@@ -50,9 +50,16 @@ def read_split_list(path: Path) -> list[tuple[str, str]]:
         hint = ""
         if path.name == "train.txt" and "coco-panoptic" in str(path):
             hint = " (COCO's train list is not in the shared snapshot; use the mseg/ submodule)"
-        raise DataError(f"split list not found: {path}{hint}")
+        what = "is not a file" if path.exists() else "not found"
+        raise DataError(f"split list {what}: {path}{hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read split list {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"split list {path} is not UTF-8 text (byte {exc.start}); is it the right file?") from None
     pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         line = line.strip()
         if not line:
             continue
@@ -98,7 +105,8 @@ class RelabeledDataset:
         self.name = check_dataset_name(name)
         root = Path(data_root).expanduser()
         if not root.is_dir():
-            raise DataError(f"data.root not found: {root} (point it at MSEG_DST_DIR/mseg_dataset, or run "
+            what = "is not a directory" if root.exists() else "not found"
+            raise DataError(f"data.root {what}: {root} (point it at MSEG_DST_DIR/mseg_dataset, or run "
                             f"tools/make_synthetic_mseg.py --output {root})")
         self.root = root / DATASET_DIRS[name]
         if not self.root.is_dir():

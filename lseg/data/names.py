@@ -30,11 +30,15 @@ def _read_override_entries(path: Path) -> list[tuple[Any, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"data.class_names_file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise DataError(f"cannot read data.class_names_file {path}: {reason}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise DataError(f"malformed YAML in data.class_names_file {path}: {exc.__class__.__name__}") from None
+            problem = getattr(exc, "problem", None) or exc.__class__.__name__
+            raise DataError(f"malformed YAML in data.class_names_file {path}: {problem}") from None
         if not isinstance(data, dict):
             raise DataError(f"data.class_names_file {path}: expected a mapping 'class: readable name'")
         return list(data.items())

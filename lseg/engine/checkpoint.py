@@ -124,7 +124,11 @@ class CheckpointManager:
         """Write ``step_N.pt`` atomically, point ``last.pt`` at it, update index and retention."""
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / step_filename(step)
-        save_atomic(state, path)
+        try:
+            save_atomic(state, path)
+        except CheckpointError as exc:
+            newest = next((p for s, p in self.step_files() if s != step), None)
+            raise CheckpointError(f"{exc}; newest checkpoint still intact: {newest or 'none'}") from None
         self._link(path, self.dir / "last.pt")
         index = self.read_index()
         entries = [e for e in index["checkpoints"] if e.get("step") != step]
@@ -177,6 +181,21 @@ class CheckpointManager:
 
             shutil.copyfile(target, tmp)
         os.replace(tmp, link)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files of saves that never finished (a process killed mid-write).
+
+        Only the trainer's rank 0 calls this, at start-up, before it writes anything: a temp file
+        then cannot belong to a save in progress. Without it, every kill -9 during a save would
+        leave a checkpoint-sized file behind until the disk fills.
+        """
+        if not self.dir.is_dir():
+            return []
+        stale = [p for p in self.dir.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        for p in stale:
+            p.unlink(missing_ok=True)
+            log.info("removed unfinished save %s", p.name)
+        return stale
 
     # resume -------------------------------------------------------------------
     def latest_valid(self) -> tuple[Path, dict[str, Any]] | None:

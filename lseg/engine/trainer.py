@@ -30,8 +30,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lseg import data as lseg_data
+from lseg import faults
 from lseg.checkpoint_io import FORMAT, load_checkpoint
-from lseg.config import Config, dump_yaml, to_dict
+from lseg.config import Config, ConfigError, dump_yaml, to_dict
 from lseg.distributed import DistInfo
 from lseg.engine.checkpoint import CheckpointManager, provenance, rng_state, set_rng_state
 from lseg.engine.evaluation import evaluate, metrics_to_scalars, panel
@@ -40,6 +41,8 @@ from lseg.engine.preemption import PreemptionFlag
 from lseg.engine.writers import ConsoleWriter, JsonlWriter, TensorboardWriter
 from lseg.metrics import IGNORE_INDEX
 from lseg.models import build_model
+from lseg.models.loading import first_mismatch
+from lseg.models.text import LabelError
 
 log = logging.getLogger("lseg")
 
@@ -88,7 +91,11 @@ class Trainer:
 
         self.class_names = lseg_data.class_names(cfg)
         self.model = build_model(cfg.model).to(self.device)
-        self.text_features = self.model.text.encode(self.class_names).to(self.device)
+        try:
+            self.text_features = self.model.text.encode(self.class_names).to(self.device)
+        except LabelError as exc:  # labels[i] is universal class i
+            source = f"data.class_names_file={cfg.data.class_names_file}" if cfg.data.class_names_file else "class names"
+            raise ConfigError(f"{source}: {exc}") from None
         image = self.model.image
         if self.world > 1 and self.device.type == "cuda":
             # PyTorch's SyncBatchNorm is GPU-only; on CPU (gloo) BN keeps per-process statistics.
@@ -143,11 +150,18 @@ class Trainer:
 
     def resume(self) -> None:
         """Load the newest valid checkpoint of the run dir (rank 0 chooses, all ranks load it)."""
+        if self.info.is_main:
+            self.ckpt.remove_stale_temp_files()  # left by a kill -9 during a save
         found = self.ckpt.latest_valid() if (self.cfg.train.resume and self.info.is_main) else None
         path = self._broadcast(str(found[0]) if found else None)
         if path is None:
             return
         state = found[1] if found else load_checkpoint(path)  # other ranks load rank 0's choice
+        problem = first_mismatch(self.model.state_dict(), state["model"])
+        if problem is not None:  # a checkpoint of another architecture in this run dir
+            raise TrainingError(
+                f"{path} does not fit this run's model ({problem}); the run dir holds another architecture: "
+                "use a new --output-dir, or train.resume=false to start over here")
         saved_world = int(state.get("provenance", {}).get("world_size", self.world))
         if saved_world != self.world and not self.cfg.train.allow_world_size_change:
             raise TrainingError(
@@ -345,6 +359,7 @@ class Trainer:
             last_saved = self.step
             metrics: dict[str, float] = {}
             while self.step < cfg.train.max_steps:
+                faults.maybe_fail(self.info.rank, self.step + 1)  # test-only seam, see lseg/faults.py
                 out = self.run_step()
                 self._log_step(out)
                 if out["preempt"]:

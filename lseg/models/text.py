@@ -16,6 +16,14 @@ import torch.nn.functional as F
 from lseg.config import ConfigError, TextConfig
 
 
+class LabelError(ValueError):
+    """A label list the text encoder cannot take (empty, blank or too long); names the label's index.
+
+    A ValueError subclass so existing callers keep working, and its own class so every CLI can
+    report it as a one-line user error (lseg.cli) instead of a traceback.
+    """
+
+
 def text_tower_config(cfg: TextConfig) -> tuple[int, dict, bool]:
     """(embed_dim, open_clip text_cfg dict, quick_gelu) for ``cfg.arch`` with the overrides applied."""
     import open_clip
@@ -86,19 +94,19 @@ class TextEncoder(nn.Module):
 
     def _check_labels(self, labels: Sequence[str]) -> list[str]:
         if isinstance(labels, str):
-            raise ValueError(f"labels must be a list of strings, got the single string {labels!r}")
+            raise LabelError(f"labels must be a list of strings, got the single string {labels!r}")
         labels = list(labels)
         if not labels:
-            raise ValueError("labels: empty label list; give at least one class name")
+            raise LabelError("labels: empty label list; give at least one class name")
         max_tokens = self.context_length - 2  # start- and end-of-text tokens
         for i, label in enumerate(labels):
             if not isinstance(label, str) or not label.strip():
-                raise ValueError(f"labels[{i}]: empty label {label!r}; every class needs a name")
+                raise LabelError(f"labels[{i}]: empty label {label!r}; every class needs a name")
             encode = getattr(self.tokenizer, "encode", None)
             if encode is not None:
                 n = len(encode(label))
                 if n > max_tokens:
-                    raise ValueError(f"labels[{i}]: {label[:40]!r}... is {n} tokens, the text encoder takes at "
+                    raise LabelError(f"labels[{i}]: {label[:40]!r}... is {n} tokens, the text encoder takes at "
                                      f"most {max_tokens} (context {self.context_length})")
         return labels
 
