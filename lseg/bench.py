@@ -255,11 +255,11 @@ class MemoryProbe:
     already freed and the figure is an over-estimate).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, exact_cpu: bool = True) -> None:
         self.device = device
         self.cpu_exact = False
         self._base = 0.0
-        if device.type == "cpu":
+        if device.type == "cpu" and exact_cpu:  # process-wide and irreversible: opt-out for in-process callers
             self.cpu_exact = _return_freed_memory_to_os() and _can_reset_hwm()
 
     def current_mb(self) -> float:
@@ -351,11 +351,11 @@ class StepBench:
 
     def __init__(self, image: torch.nn.Module, optimizer: torch.optim.Optimizer, text_features: torch.Tensor,
                  batches: Iterator[dict[str, torch.Tensor]], device: torch.device,
-                 clip_grad_norm: float | None = None) -> None:
+                 clip_grad_norm: float | None = None, exact_cpu_memory: bool = True) -> None:
         self.image, self.optimizer, self.text = image, optimizer, text_features
         self.batches, self.device, self.clip = batches, device, clip_grad_norm
         self.params = [p for p in image.parameters() if p.requires_grad]
-        self.probe = MemoryProbe(device)
+        self.probe = MemoryProbe(device, exact_cpu_memory)
         self._compiled: torch.nn.Module | None = None
         self._scalers: dict[str, torch.amp.GradScaler] = {}
         self._format = torch.contiguous_format

@@ -108,15 +108,26 @@ def test_train_step_cli_table_and_record(tmp_path, synthetic_root):
         assert med["act_peak_mb"] >= 0 and med["abs_peak_mb"] > med["act_peak_mb"]
 
 
-def test_train_step_with_the_real_loader_and_no_peak(tmp_path, synthetic_root, capsys):
+def test_train_step_in_process(tmp_path, synthetic_root, capsys):
+    """Synthetic batch with a peak given, then the real loader without one (MFU n/a)."""
     out = tmp_path / "ts.jsonl"
-    assert benchmark.main(["train-step", "--config", SMOKE, "--device", "cpu", "--batch-size", "2", "--warmup", "1",
-                           "--steps", "1", "--data", "loader", "--num-workers", "0", "--json-out", str(out),
-                           f"data.root={synthetic_root}", *TINY]) == 0
+    common = ["--config", SMOKE, "--device", "cpu", "--batch-size", "2", "--warmup", "1", "--json-out", str(out),
+              "--no-exact-cpu-memory", f"data.root={synthetic_root}", *TINY]  # keep glibc as it is in pytest
+    assert benchmark.main(["train-step", *common, "--steps", "2", "--variants", "ckpt=off;ckpt=on",
+                           "--peak-tflops", "1.5"]) == 0
+    text = capsys.readouterr().out
+    for col in ("variant", "img/s", "step_ms", "data_ms", "fwd_ms", "bwd_ms", "opt_ms", "act_peak_MB", "peak_MB",
+                "TFLOP/s", "MFU_%", "fp32+ckpt", "load average"):
+        assert col in text
+    assert benchmark.main(["train-step", *common, "--steps", "1", "--data", "loader", "--num-workers", "0"]) == 0
     assert "n/a" in capsys.readouterr().out  # MFU on CPU without --peak-tflops
-    (rec,) = _records(out)
-    assert rec["data"] == "loader" and rec["variants"][0]["mfu"] is None
-    assert rec["variants"][0]["median"]["data_s"] > 0
+    synthetic, loader = _records(out)
+    assert not synthetic["cpu_memory_exact"] and [v["name"] for v in synthetic["variants"]] == ["fp32", "fp32+ckpt"]
+    for v in synthetic["variants"]:
+        assert v["mfu"] == pytest.approx(synthetic["flops_per_step"] / v["median"]["step_s"] / 1.5e12)
+        assert v["images_per_s"] == pytest.approx(2 / v["median"]["step_s"])
+    assert loader["data"] == "loader" and loader["variants"][0]["mfu"] is None
+    assert loader["variants"][0]["median"]["data_s"] > 0
 
 
 def test_cpu_memory_probe_sees_a_known_allocation():

@@ -101,7 +101,8 @@ def cmd_train_step(args: argparse.Namespace) -> dict[str, Any]:
         batches = bench.repeat_batch(bench.synthetic_batch(B, cfg.data.crop_size, num_classes))
     else:
         batches = _loader_batches(cfg, args.num_workers)
-    runner = bench.StepBench(image, optimizer, text, batches, device, cfg.optim.clip_grad_norm)
+    runner = bench.StepBench(image, optimizer, text, batches, device, cfg.optim.clip_grad_norm,
+                             exact_cpu_memory=not args.no_exact_cpu_memory)
     variants = bench.parse_variants(args.variants, bench.base_variant(cfg))
     flops = bench.train_flops_per_step(image, B, cfg.data.crop_size, num_classes)
     results = bench.interleaved({v.name: (lambda v=v: runner.step(v)) for v in variants}, args.warmup, args.steps)
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--num-workers", type=int, default=None, help="loader workers (default data.num_workers)")
     ts.add_argument("--peak-tflops", type=float, default=None,
                     help="device peak for MFU (default: table of known GPUs; none on CPU)")
+    ts.add_argument("--no-exact-cpu-memory", action="store_true",
+                    help="leave glibc's allocator alone: faster CPU steps, but the CPU memory columns then "
+                         "over-estimate (freed memory stays in RSS)")
     ts.set_defaults(func=cmd_train_step)
 
     ov = sub.add_parser("overhead", help="Trainer.run_step vs a bare forward/backward/optimizer loop")
