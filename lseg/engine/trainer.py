@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import resource
 import statistics
 import time
@@ -236,8 +235,10 @@ class Trainer:
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.optim.clip_grad_norm or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if cfg.optim.clip_grad_norm:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.clip_grad_norm)
+        else:  # the norm is still needed (logging, non-finite check), the rescale by 1.0 is not
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         # One small all-reduce per step carries the loss, bad-sample count and preemption flag.
         stats = torch.tensor([float(loss_sum) / accum, num_bad, 1.0 if self.flag and self.flag.received else 0.0],
                              dtype=torch.float64, device=self.device)
