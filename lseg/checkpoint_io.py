@@ -30,21 +30,45 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip format, or a legacy pickle
+        what = "an empty file" if not head else f"starts with {head!r}"
+        raise CheckpointError(f"{path}: not a checkpoint file ({what}; PyTorch checkpoints are zip archives)")
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        blocked, detail = _unpickling_detail(str(exc))
+        if blocked:  # the file names a Python callable/class to import and call
             raise CheckpointError(
-                f"{path}: refused to unpickle objects that could run code ({first[:160]}); "
+                f"{path}: refused to unpickle objects that could run code ({detail[:160]}); "
                 "only plain tensors/containers are loaded by default"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({detail[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - any other failure means the bytes are not a usable checkpoint
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg[:160]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint (top level is {type(obj).__name__}, not a dict)")
     return obj
+
+
+def _unpickling_detail(message: str) -> tuple[bool, str]:
+    """(is it a blocked import, the informative line) of torch's multi-paragraph weights_only error.
+
+    torch wraps every unpickling failure in the same boilerplate ("Weights only load failed ...");
+    the line that matters names either the GLOBAL that was blocked (a pickle that would import and
+    call Python code) or the invalid opcode (the file is not a pickle at all).
+    """
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln:
+            return True, ln.split("WeightsUnpickler error:")[-1].strip().split(" was not")[0]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    useful = [ln for ln in lines if not ln.startswith(boilerplate)] or lines or ["unpickling failed"]
+    return False, useful[0].split("WeightsUnpickler error:")[-1].strip() or "unpickling failed"
 
 
 @contextlib.contextmanager

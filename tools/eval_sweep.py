@@ -636,6 +636,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.submit:
         return submit(args, argv, pending, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unwritable output dir fails before any work
 
     info = distributed.detect(port=cfg.dist.port)
     device = _device(args, info.local_rank)
