@@ -81,6 +81,7 @@ def test_train_flops_are_model_flops_and_leave_grads_alone():
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 
+@pytest.mark.slow
 def test_train_step_cli_table_and_record(tmp_path, synthetic_root):
     out = tmp_path / "ts.jsonl"
     cmd = [sys.executable, str(TOOL), "train-step", "--config", SMOKE, "--device", "cpu", "--batch-size", "2",
@@ -108,6 +109,7 @@ def test_train_step_cli_table_and_record(tmp_path, synthetic_root):
         assert med["act_peak_mb"] >= 0 and med["abs_peak_mb"] > med["act_peak_mb"]
 
 
+@pytest.mark.slow
 def test_train_step_in_process(tmp_path, synthetic_root, capsys):
     """Synthetic batch with a peak given, then the real loader without one (MFU n/a)."""
     out = tmp_path / "ts.jsonl"
