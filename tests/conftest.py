@@ -14,6 +14,26 @@ if "MSEG_ROOT" not in os.environ and (REPO.parent / "shared" / "mseg").is_dir():
 
 
 @pytest.fixture(scope="session")
+def mseg_root() -> str:
+    """The MSeg taxonomy files; a missing checkout fails loudly instead of skipping."""
+    root = os.environ.get("MSEG_ROOT") or str(REPO.parent / "shared" / "mseg")
+    if not (Path(root) / "mseg" / "class_remapping_files" / "MSeg_master.tsv").is_file():
+        pytest.fail(f"MSeg taxonomy files not found under {root}: set MSEG_ROOT (e.g. ../shared/mseg)")
+    return root
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (tools are scripts, not package modules)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """8 train / 4 val images per dataset, 64x80, written by the real generator."""
     out = tmp_path_factory.mktemp("synthetic")

@@ -1,7 +1,6 @@
 """Checkpoint files: atomic writes, safe loading, retention bookkeeping, resume selection."""
 import json
 import os
-import pickle
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -37,14 +36,6 @@ from lseg.data.synthetic import class_colour, make_synthetic_mseg
 REPO = Path(__file__).resolve().parents[1]
 ADE, COCO = "ade20k-150-relabeled", "coco-panoptic-133-relabeled"
 NUM_TRAIN, NUM_VAL = 24, 6
-
-
-@pytest.fixture(scope="module")
-def mseg_root() -> str:
-    root = os.environ.get("MSEG_ROOT") or str(REPO.parent / "shared" / "mseg")
-    if not (Path(root) / "mseg" / "class_remapping_files" / "MSeg_master.tsv").is_file():
-        pytest.fail(f"MSeg taxonomy files not found under {root}: set MSEG_ROOT (e.g. ../shared/mseg)")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,6 @@ ADE, COCO = "ade20k-150-relabeled", "coco-panoptic-133-relabeled"
 
 
 @pytest.fixture(scope="module")
-def mseg_root() -> str:
-    root = os.environ.get("MSEG_ROOT") or str(REPO.parent / "shared" / "mseg")
-    if not (Path(root) / "mseg" / "class_remapping_files" / "MSeg_master.tsv").is_file():
-        pytest.fail(f"MSeg taxonomy files not found under {root}: set MSEG_ROOT (e.g. ../shared/mseg)")
-    return root
-
-
-@pytest.fixture(scope="module")
 def tax(mseg_root):
     return load_taxonomy(mseg_root)
 

@@ -1,7 +1,6 @@
 """End to end on a tiny run built here: average -> sweep (1 and 2 processes) -> predict (slow)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,12 +18,7 @@ ADE = "ade20k-150-relabeled"
 pytestmark = pytest.mark.slow
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_tool as _load_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +17,7 @@ from lseg.launch_flags import executor_parameters, parse_mem_gb, parse_timeout_m
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_tool as _load_tool  # noqa: E402
 
 
 sweep = _load_tool("eval_sweep")

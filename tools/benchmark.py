@@ -150,7 +150,7 @@ def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
         trainer = Trainer(cfg, DistInfo())
         trainer._setup_run_dir()  # the real writers (console, metrics.jsonl, TensorBoard) as in train()
         device = trainer.device
-        image = trainer.model.image.train()
+        trainer.model.image.train()
         B = cfg.train.batch_size
         batch = bench.synthetic_batch(B, cfg.data.crop_size, len(trainer.class_names))
         trainer.batch_source = bench.repeat_batch(batch)  # same pre-loaded batch for both loops

@@ -233,6 +233,17 @@ class Cell:
 _STEP_RE = re.compile(r"step_(\d+)")
 
 
+def _run_checkpoints(run_dir: str) -> list:
+    """The step checkpoints of a run dir, oldest first; none is an error."""
+    try:
+        ckpts = list_run_checkpoints(run_dir)
+    except AverageError as exc:
+        raise SweepError(str(exc)) from None
+    if not ckpts:
+        raise SweepError(f"{run_dir}: no step checkpoints found")
+    return ckpts
+
+
 def checkpoint_refs(args: argparse.Namespace) -> list[CkptRef]:
     """Explicit files (labelled by folder/stem) or the step checkpoints of ``--run-dir``."""
     if args.checkpoints:
@@ -246,12 +257,7 @@ def checkpoint_refs(args: argparse.Namespace) -> list[CkptRef]:
             refs.append(CkptRef(str(path.resolve()), f"{parent.name or '.'}/{path.stem}",
                                 int(m.group(1)) if m else None))
         return refs
-    try:
-        ckpts = list_run_checkpoints(args.run_dir)
-    except AverageError as exc:
-        raise SweepError(str(exc)) from None
-    if not ckpts:
-        raise SweepError(f"{args.run_dir}: no step checkpoints found")
+    ckpts = _run_checkpoints(args.run_dir)
     if args.last:
         ckpts = ckpts[-args.last:]
     run = Path(args.run_dir).resolve().name
@@ -530,13 +536,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if args.checkpoints:
         first = args.checkpoints[0]
     else:
-        try:
-            ckpts = list_run_checkpoints(args.run_dir)
-        except AverageError as exc:
-            raise SweepError(str(exc)) from None
-        if not ckpts:
-            raise SweepError(f"{args.run_dir}: no step checkpoints found")
-        first = ckpts[-1].path
+        first = _run_checkpoints(args.run_dir)[-1].path
     from lseg.checkpoint_io import load_checkpoint
 
     data = load_checkpoint(first).get("config")
