@@ -49,6 +49,7 @@ def load_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
         raise CheckpointError(f"{path}: not a readable checkpoint ({detail[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - any other failure means the bytes are not a usable checkpoint
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = msg.split(". ")[0].rstrip(".")  # torch appends paragraphs of advice to the cause
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg[:160]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint (top level is {type(obj).__name__}, not a dict)")

@@ -16,6 +16,7 @@ Here is the one list, one formatter and one wrapper:
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Callable, Iterable
 
@@ -77,8 +78,11 @@ def is_peer_failure(exc: BaseException) -> bool:
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
+    """First sentence of an error, without a leading C++ source location like ``[.../pair.cc:545]``."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    text = text.splitlines()[0] if text else type(exc).__name__
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", text)
+    return text.split(". ")[0].rstrip(".")[:limit]
 
 
 def cli_main(*extra: type[BaseException], prefix: str = "error") -> Callable:
