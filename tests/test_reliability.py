@@ -10,7 +10,6 @@ a process of their own (rlimits, kill -9, DDP) are subprocesses, the long ones m
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from PIL import Image
 from lseg.checkpoint_io import FORMAT, CheckpointError, load_checkpoint, save_atomic
 from lseg.config import load_config, to_dict
 from lseg.engine.checkpoint import CheckpointManager
+from conftest import load_tool
 from test_train import base_overrides, train_cmd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,17 +40,9 @@ ADE = "ade20k-150-relabeled"
 ADE_DIR = "ADE20K/ADEChallengeData2016"
 
 
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"rel_tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def tools():
-    return {n: _load_tool(n) for n in ("average_checkpoints", "eval_sweep", "predict", "convert_langseg",
+    return {n: load_tool(n) for n in ("average_checkpoints", "eval_sweep", "predict", "convert_langseg",
                                       "make_synthetic_mseg", "submit")}
 
 
@@ -696,7 +688,7 @@ def test_ddp_rank_that_raises_shows_one_traceback_and_the_other_one_line(tmp_pat
 
 
 def test_benchmark_rejects_a_bad_config_in_one_line(tmp_path, capsys):
-    bench = _load_tool("benchmark")
+    bench = load_tool("benchmark")
     marker = tmp_path / "pwned"
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
