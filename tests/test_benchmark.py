@@ -140,7 +140,7 @@ def test_cpu_memory_probe_sees_a_known_allocation():
     if exact != "True":
         pytest.skip("RSS high-water mark cannot be reset here (not Linux/glibc)")
     assert 60 <= float(peak) <= 80  # 64 MiB tensor, plus a little interpreter noise
-    assert float(after) < 8  # freed memory went back to the OS
+    assert float(after) < 20  # the 64 MiB went back to the OS; a few MB of interpreter growth may remain
 
 
 def test_overhead_cli_compares_trainer_and_bare_loop(tmp_path, synthetic_root, capsys):
