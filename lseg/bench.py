@@ -469,9 +469,10 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def append_json(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one record as a JSON line (a history of runs, one file)."""
+def append_json(path: str | Path, record: dict[str, Any] | None) -> None:
+    """Append one record as a JSON line (a history of runs, one file); ``None`` only checks that it can."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        if record is not None:
+            f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -58,6 +58,17 @@ def one_error_line(capsys, prefix: str = "error: ") -> str:
     return errors[0]
 
 
+def test_launcher_benchmark_and_weights_tools_output_not_writable(tools, files, capsys):
+    """Before any work: submit.py's run dir, benchmark.py's --json-out, prepare_weights.py's cache dir."""
+    out = files["unwritable"]
+    rc = tools["submit"].main(["--config", str(SMOKE), "--output-dir", str(out), "--local", "--gpus-per-node", "0"])
+    assert rc == 2 and one_error_line(capsys).startswith(f"error: {out}")
+    rc = load_tool("benchmark").main(["train-step", "--config", str(SMOKE), "--json-out", str(out / "b.jsonl")])
+    assert rc == 2 and one_error_line(capsys) == f"error: {out}: Not a directory"
+    rc = load_tool("prepare_weights").main(["--config", str(SMOKE), "--cache-dir", str(out)])
+    assert rc == 2 and one_error_line(capsys).startswith(f"error: {out}")
+
+
 # ------------------------------------------------------------------------------------------ fixtures
 
 

@@ -7,6 +7,8 @@ What is checked, on the smoke config shrunk to 60 steps of 32 px crops (gloo, 1 
    requeued by the script, resumes, and ends with bit-identical weights.
 3. ``tools/submit.py --nodes 2``, interrupted by its real time limit: submitit requeues it, it
    resumes, the result is read back through submitit, and the weights are again bit-identical.
+4. ``tools/eval_sweep.py --submit`` on the reference run: one job-array task per cell, with the same
+   confusion matrices as the sweep run locally.
 
 The tests skip where Slurm or root is missing, except under CI (CI=true), where that is a failure.
 """
@@ -285,6 +287,42 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(cluster: Cluster, data
     resumed = re.findall(rf"from step (\d+) to {MAX_STEPS}", train_log)
     assert len(resumed) == 2 and 10 <= int(resumed[1]) < MAX_STEPS, train_log[-3000:]
     assert_same_weights(run_dir, reference_run[0])
+
+
+def test_eval_sweep_submit_runs_one_array_task_per_cell(cluster: Cluster, data_root: Path, reference_run,
+                                                      tmp_path: Path) -> None:
+    """``eval_sweep.py --submit``: a submitit job array, one task per cell, whose confusion matrices are
+    exactly those of the same sweep run in one local process."""
+    import torch
+
+    from conftest import load_tool
+
+    run_dir, _ = reference_run
+    common = ["--run-dir", str(run_dir), "--last", "2", "--datasets", "ade20k-150-relabeled", "--protocols",
+              "single", "--max-samples", "2", "--num-workers", "0", "--device", "cpu", f"data.root={data_root}"]
+    array_dir, local_dir = tmp_path / "array", tmp_path / "local"
+    submit = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "eval_sweep.py"), *common, "--output-dir", str(array_dir),
+         "--submit", "--partition", "debug", "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout", "10"],
+        env=cluster.env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert submit.returncode == 0, submit.stderr[-3000:]
+    tasks = re.findall(r"^  job (\d+_\d+): ", submit.stdout, re.M)
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, submit.stdout  # one array, 2 tasks
+    try:
+        states = [cluster.wait_done(t) for t in tasks]
+    finally:
+        cluster.cancel_all(*tasks)
+    logs = "".join(_read(p) for p in (array_dir / "submitit").glob("*_log.*"))
+    assert states == ["COMPLETED", "COMPLETED"], logs[-3000:]
+    rows = (array_dir / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3, rows  # header + one row per task
+
+    assert load_tool("eval_sweep").main([*common, "--output-dir", str(local_dir)]) == 0
+    conf = lambda d: {p.name: torch.load(p, weights_only=True)["confusion"]  # noqa: E731
+                      for p in (d / "cells").glob("*.conf.pt")}
+    array, local = conf(array_dir), conf(local_dir)
+    assert len(array) == 2 and array.keys() == local.keys()
+    assert all(torch.equal(array[k], local[k]) for k in local)
 
 
 def _read(path: Path) -> str:

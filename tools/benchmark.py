@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from lseg import bench  # noqa: E402
 from lseg import data as lseg_data  # noqa: E402
-from lseg.config import Config, ConfigError, load_config  # noqa: E402
+from lseg.cli import cli_main  # noqa: E402
+from lseg.config import Config, load_config  # noqa: E402
 
 DEFAULT_CONFIG = "configs/lseg_vitl16_480_mseg.yaml"
 
@@ -292,13 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main()  # bad config, data or output path: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ConfigError, lseg_data.DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if getattr(args, "json_out", None):  # an unwritable results file fails now, not after minutes of timing
+        bench.append_json(args.json_out, None)
+    args.func(args)
     return 0
 
 

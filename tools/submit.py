@@ -40,7 +40,8 @@ if str(REPO) not in sys.path:  # running as `python tools/submit.py` from a chec
 
 import submitit  # noqa: E402
 
-from lseg.config import Config, ConfigError, add_config_args, load_config  # noqa: E402
+from lseg.cli import cli_main  # noqa: E402
+from lseg.config import Config, add_config_args, load_config  # noqa: E402
 
 #: How long a non-zero rank waits for rank 0's requeue to end the job before exiting by itself.
 FOLLOWER_GRACE_S = 120
@@ -184,13 +185,14 @@ def make_executor(args: argparse.Namespace, folder: Path) -> submitit.Executor:
     return executor
 
 
+class SubmitError(Exception):
+    """The job cannot be submitted from here (no Slurm client); one line."""
+
+
+@cli_main(SubmitError)  # config errors, an unwritable run dir, ...: one line, exit 2
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = resolve_config(args)
     folder = Path(cfg.train.output_dir) / "submitit" / "%j"
     if args.dry_run:
         dry_run(args, cfg, folder)
@@ -198,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         executor = make_executor(args, folder)
     except RuntimeError as exc:  # no srun on this machine
-        print(f"error: {exc} (use --local to run here)", file=sys.stderr)
-        return 2
+        raise SubmitError(f"{exc} (use --local to run here)") from None
     Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
     job = executor.submit(TrainJob(cfg))
     where = "locally" if args.local else f"to Slurm ({args.nodes} node(s))"
