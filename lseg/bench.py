@@ -84,17 +84,15 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def train_flops_per_step(image: torch.nn.Module, batch_size: int, size: int, num_classes: int) -> int:
-    """Forward + loss + backward FLOPs of ``image`` for one micro-batch, computed on fake tensors.
+@contextlib.contextmanager
+def _fake_batch(image: torch.nn.Module, batch_size: int, size: int,
+                num_classes: int) -> Iterator[tuple[dict, dict, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Fake copies of ``image``'s parameters and state and a fake batch, under fake mode.
 
-    Fake tensors carry shapes only, so a ViT-L step costs seconds to count, on any device. SDPA is
-    pinned to its math form so the counter sees the attention matmuls (PyTorch has no FLOP formula
-    for the fused CPU kernel). Checkpointing is switched off meanwhile: model FLOPs, not hardware
-    FLOPs. Gradients come from ``autograd.grad`` so the real parameters' ``.grad`` stay untouched.
+    Yields ``(params, state, images, labels, text_features)``; checkpointing is off meanwhile (its
+    hooks would hide what the blocks save and recompute) and restored afterwards.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.func import functional_call
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     was_ckpt = getattr(getattr(image, "backbone", None), "grad_checkpointing", False)
     image.set_grad_checkpointing(False)
@@ -107,15 +105,29 @@ def train_flops_per_step(image: torch.nn.Module, batch_size: int, size: int, num
             images = torch.empty(batch_size, 3, size, size, device=device)
             labels = torch.zeros(batch_size, size, size, dtype=torch.long, device=device)
             text = torch.empty(num_classes, image.head1.out_channels, device=device)
-
-            def step() -> None:
-                loss = segmentation_loss(functional_call(image, state, (images, text)), labels)
-                torch.autograd.grad(loss, [p for p in params.values() if p.requires_grad])
-
-            with sdpa_kernel(SDPBackend.MATH):
-                return count_flops(step)
+            yield params, state, images, labels, text
     finally:
         image.set_grad_checkpointing(was_ckpt)
+
+
+def train_flops_per_step(image: torch.nn.Module, batch_size: int, size: int, num_classes: int) -> int:
+    """Forward + loss + backward FLOPs of ``image`` for one micro-batch, computed on fake tensors.
+
+    Fake tensors carry shapes only, so a ViT-L step costs seconds to count, on any device. SDPA is
+    pinned to its math form so the counter sees the attention matmuls (PyTorch has no FLOP formula
+    for the fused CPU kernel). Checkpointing is switched off meanwhile: model FLOPs, not hardware
+    FLOPs. Gradients come from ``autograd.grad`` so the real parameters' ``.grad`` stay untouched.
+    """
+    from torch.func import functional_call
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with _fake_batch(image, batch_size, size, num_classes) as (params, state, images, labels, text):
+        def step() -> None:
+            loss = segmentation_loss(functional_call(image, state, (images, text)), labels)
+            torch.autograd.grad(loss, [p for p in params.values() if p.requires_grad])
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return count_flops(step)
 
 
 def saved_activations_mb(image: torch.nn.Module, batch_size: int, size: int, num_classes: int,
@@ -127,11 +139,8 @@ def saved_activations_mb(image: torch.nn.Module, batch_size: int, size: int, num
     resolution and the loss). Counts each storage once, parameters never. Checkpointing is off
     (its own hooks would hide what the blocks save).
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.func import functional_call
 
-    was_ckpt = getattr(getattr(image, "backbone", None), "grad_checkpointing", False)
-    image.set_grad_checkpointing(False)
     region = ["input"]
     seen: set[int] = set()
     totals: dict[str, float] = {}
@@ -141,12 +150,6 @@ def saved_activations_mb(image: torch.nn.Module, batch_size: int, size: int, num
             region[0] = name
         return hook
 
-    handles = [image.backbone.register_forward_pre_hook(enter("backbone")),
-               image.decoder.register_forward_pre_hook(enter("decoder")),
-               image.head1.register_forward_pre_hook(enter("head1")),
-               image.head1.register_forward_hook(enter("logits"))]
-    handles += [m.register_forward_pre_hook(enter("reassemble")) for m in image.reassemble]
-
     def pack(t: torch.Tensor) -> torch.Tensor:
         key = t.untyped_storage()._cdata
         if key not in seen:
@@ -154,25 +157,22 @@ def saved_activations_mb(image: torch.nn.Module, batch_size: int, size: int, num
             totals[region[0]] = totals.get(region[0], 0.0) + t.untyped_storage().nbytes() / 2**20
         return t
 
+    handles = [image.backbone.register_forward_pre_hook(enter("backbone")),
+               image.decoder.register_forward_pre_hook(enter("decoder")),
+               image.head1.register_forward_pre_hook(enter("head1")),
+               image.head1.register_forward_hook(enter("logits"))]
+    handles += [m.register_forward_pre_hook(enter("reassemble")) for m in image.reassemble]
     try:
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        params = {n: mode.from_tensor(p) for n, p in image.named_parameters()}
-        seen.update(p.untyped_storage()._cdata for p in params.values())
-        state = {**params, **{n: mode.from_tensor(b) for n, b in image.named_buffers()}}
-        device = next(image.parameters()).device
-        with mode:
-            images = torch.empty(batch_size, 3, size, size, device=device)
-            labels = torch.zeros(batch_size, size, size, dtype=torch.long, device=device)
-            text = torch.empty(num_classes, image.head1.out_channels, device=device)
+        with _fake_batch(image, batch_size, size, num_classes) as (params, state, images, labels, text):
+            seen.update(p.untyped_storage()._cdata for p in params.values())
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                     logits = functional_call(image, state, (images, text))
                 region[0] = "loss"
                 segmentation_loss(logits, labels)
     finally:
         for h in handles:
             h.remove()
-        image.set_grad_checkpointing(was_ckpt)
     totals["total"] = sum(totals.values())
     return totals
 
