@@ -2,7 +2,7 @@
 
 Public names are imported lazily (PEP 562) so that ``python -m lseg.data.taxonomy`` does not
 import its own module twice and ``import lseg.data`` stays cheap. See docs/architecture.md for the
-batch contract and docs/readme_data.md for usage.
+batch contract and README.md ("Data") for usage.
 """
 from __future__ import annotations
 

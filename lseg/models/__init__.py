@@ -1,4 +1,4 @@
-"""LSeg model: ``build_model(cfg.model)``, ``load_model(path)``; see docs/readme_model.md."""
+"""LSeg model: ``build_model(cfg.model)``, ``load_model(path)``; see README.md, "The model"."""
 from lseg.models.loading import load_model
 from lseg.models.lseg import LSeg, LSegImage, SpatialRegularizer, build_model
 from lseg.models.text import TextEncoder

@@ -122,7 +122,7 @@ class LSegImage(nn.Module):
 
 
 class LSeg(nn.Module):
-    """``model(images, labels) -> logits (B, N, H, W)``; see docs/readme_model.md."""
+    """``model(images, labels) -> logits (B, N, H, W)``; see README.md, "The model"."""
 
     def __init__(self, cfg: ModelConfig, backbone_file: str | None = None, text_file: str | None = None) -> None:
         super().__init__()
