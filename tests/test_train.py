@@ -125,29 +125,23 @@ def test_resume_refuses_a_different_world_size(tmp_path, synthetic_root):
     assert "train.allow_world_size_change=true" in proc.stderr
 
 
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300, since: int = 0) -> None:
-    """Wait until log.txt shows `step` (at or after character offset `since`, i.e. logged by this process)."""
+def _wait_for_log(out: Path, pattern: str, proc: subprocess.Popen, since: int = 0,
+                  timeout: float = 300) -> re.Match:
+    """First match of ``pattern`` in log.txt at or after character offset ``since`` (i.e. logged by
+    this process); fails at once if the process exits first."""
     deadline = time.time() + timeout
+    log = out / "log.txt"
     while time.time() < deadline:
-        log = out / "log.txt"
-        if log.exists() and f"step {step}/" in log.read_text()[since:]:
-            return
+        found = re.search(pattern, log.read_text()[since:]) if log.exists() else None
+        if found:
+            return found
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
+    raise AssertionError(f"{pattern!r} not in {log} after {timeout} s")
 
 
-def _wait_for_start(out: Path, proc: subprocess.Popen, since: int, timeout: float = 300) -> int:
-    """The step this process starts (or resumes) from, once it has logged it."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        log = out / "log.txt"
-        found = re.search(r"from step (\d+) to", log.read_text()[since:]) if log.exists() else None
-        if found:
-            return int(found.group(1))
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    raise AssertionError("the run did not start")
+def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, since: int = 0) -> None:
+    _wait_for_log(out, rf"step {step}/", proc, since)
 
 
 @pytest.mark.slow
@@ -185,11 +179,11 @@ def test_exact_resume_after_kill9_and_signal(tmp_path, synthetic_root):
         since = len(log.read_text()) if log.exists() else 0
         proc = subprocess.Popen(train_cmd(killed, synthetic_root, *steps), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        start_step = _wait_for_start(killed, proc, since)
+        start_step = int(_wait_for_log(killed, r"from step (\d+) to", proc, since).group(1))
         if start_step >= 12:  # too close to the end to kill it before it completes on a fast machine
             break
         target = min(13, (start_step // 3 + 1) * 3 + rng.randint(0, 1))
-        _wait_for_step(killed, target, proc, since=since)
+        _wait_for_step(killed, target, proc, since)
         time.sleep(rng.uniform(0.0, 1.0) * step_s)
         assert proc.poll() is None, "the run finished before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
@@ -207,36 +201,41 @@ def test_exact_resume_after_kill9_and_signal(tmp_path, synthetic_root):
     assert_same_weights(state["optimizer"]["state"][0], reference["optimizer"]["state"][0])
 
 
-@pytest.mark.slow
-def test_gradient_accumulation_equals_larger_batch(tmp_path, synthetic_root):
-    common = ["train.max_steps=3", "train.ckpt_every=3", "eval.every=0", "train.freeze_bn=true",
-              "optim.name=sgd"]
-    big, acc = tmp_path / "big", tmp_path / "acc"
-    run_train(big, synthetic_root, *common, "train.batch_size=2")
-    run_train(acc, synthetic_root, *common, "train.batch_size=1", "train.accum_steps=2")
-    big_losses = [r["train/loss"] for r in metrics(big) if "train/loss" in r]
-    acc_losses = [r["train/loss"] for r in metrics(acc) if "train/loss" in r]
-    assert acc_losses == pytest.approx(big_losses, rel=1e-5)
-    a, b = final_model(big), final_model(acc)
+# Runs that must match another split of the same global batch: BatchNorm statistics depend on the
+# per-process batch (so they are frozen), and SGD's update is linear in the gradient (so summation-order
+# rounding stays rounding-sized).
+SAME_GLOBAL_BATCH = ["train.max_steps=3", "train.ckpt_every=3", "eval.every=0", "train.freeze_bn=true",
+                     "optim.name=sgd"]
+
+
+def train_losses(out: Path) -> list[float]:
+    return [r["train/loss"] for r in metrics(out) if "train/loss" in r]
+
+
+def assert_close_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_equals_larger_batch(tmp_path, synthetic_root):
+    big, acc = tmp_path / "big", tmp_path / "acc"
+    run_train(big, synthetic_root, *SAME_GLOBAL_BATCH, "train.batch_size=2")
+    run_train(acc, synthetic_root, *SAME_GLOBAL_BATCH, "train.batch_size=1", "train.accum_steps=2")
+    assert train_losses(acc) == pytest.approx(train_losses(big), rel=1e-5)
+    assert_close_weights(final_model(big), final_model(acc))
 
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, synthetic_root):
-    common = ["train.max_steps=3", "train.ckpt_every=3", "eval.every=0", "train.freeze_bn=true",
-              "optim.name=sgd"]
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    run_train(single, synthetic_root, *common, "train.batch_size=2")
-    cmd = train_cmd(ddp, synthetic_root, *common, "train.batch_size=1")
+    run_train(single, synthetic_root, *SAME_GLOBAL_BATCH, "train.batch_size=2")
+    cmd = train_cmd(ddp, synthetic_root, *SAME_GLOBAL_BATCH, "train.batch_size=1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] + cmd[1:]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    s_losses = [r["train/loss"] for r in metrics(single) if "train/loss" in r]
-    d_losses = [r["train/loss"] for r in metrics(ddp) if "train/loss" in r]
-    assert d_losses == pytest.approx(s_losses, rel=1e-5)
+    assert train_losses(ddp) == pytest.approx(train_losses(single), rel=1e-5)
     ckpt = load_checkpoint(ddp / "checkpoints/last.pt")
     assert ckpt["provenance"]["world_size"] == 2 and len(ckpt["rng"]) == 2
-    a, b = final_model(single), ckpt["model"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert_close_weights(final_model(single), ckpt["model"])
