@@ -22,17 +22,6 @@ def mseg_root() -> str:
     return root
 
 
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (tools are scripts, not package modules)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """8 train / 4 val images per dataset, 64x80, written by the real generator."""

@@ -7,7 +7,7 @@ import pytest
 
 from lseg.config import Config, ConfigError, dump_yaml, from_dict, load_config, load_yaml, to_dict
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 
 
 def test_real_recipe_matches_official_hyper_parameters():

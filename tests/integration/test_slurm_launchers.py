@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 SCRIPT = REPO / "slurm" / "train_mseg.sh"
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lseg.checkpoint_io import CheckpointError, load_checkpoint
 from lseg.models import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT  # noqa: E402
 SMOKE = ROOT / "configs" / "smoke.yaml"
 TOOL = ROOT / "tools" / "convert_langseg.py"
 LABELS = ["dog", "grass", "other", "traffic light"]

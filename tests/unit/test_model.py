@@ -14,7 +14,7 @@ from lseg.config import ConfigError, load_config, to_dict
 from lseg.models import LSeg, WeightsError, build_model, load_model
 from lseg.models.backbone import resize_pos_embed
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT  # noqa: E402
 SMOKE = ROOT / "configs" / "smoke.yaml"
 LABELS = ["road", "sky", "person"]
 

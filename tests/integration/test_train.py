@@ -17,38 +17,7 @@ import torch
 
 from lseg.checkpoint_io import load_checkpoint, save_atomic
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def base_overrides(data_root: Path) -> list[str]:
-    return [f"data.root={data_root}", "data.num_workers=0", "data.crop_size=64", "data.base_size=72",
-            "data.eval_size=64", "train.batch_size=2", "eval.batch_size=4", "eval.max_samples=4",
-            "log.every=1", "optim.warmup_steps=2", "model.text.layers=1"]
-
-
-def train_cmd(out: Path, data_root: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "lseg.train", "--config", str(REPO / "configs/smoke.yaml"),
-            "--output-dir", str(out), *base_overrides(data_root), *overrides]
-
-
-def run_train(out: Path, data_root: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_cmd(out, data_root, *overrides), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def final_model(out: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(out / "checkpoints/last.pt")["model"]
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+from helpers import assert_same_weights, final_model, metrics, run_train, train_cmd
 
 
 def test_short_run_writes_the_run_dir(tmp_path, synthetic_root):

@@ -30,7 +30,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 HARNESS = REPO / "tests" / "slurm_cluster.sh"
 MAX_STEPS = 60
 TINY = [  # ~0.7 s per step with 2 ranks on 2 shared cores; startup ~25 s
@@ -295,7 +295,7 @@ def test_eval_sweep_submit_runs_one_array_task_per_cell(cluster: Cluster, data_r
     exactly those of the same sweep run in one local process."""
     import torch
 
-    from conftest import load_tool
+    from helpers import load_tool
 
     run_dir, _ = reference_run
     common = ["--run-dir", str(run_dir), "--last", "2", "--datasets", "ade20k-150-relabeled", "--protocols",

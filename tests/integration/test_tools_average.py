@@ -11,7 +11,7 @@ import torch
 
 from lseg.checkpoint_io import load_checkpoint, save_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT  # noqa: E402
 
 
 def _load_tool(name: str):

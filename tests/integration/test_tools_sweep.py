@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +13,9 @@ from lseg.data.taxonomy import load_taxonomy
 from lseg.inference import whole_protocol
 from lseg.launch_flags import executor_parameters, parse_mem_gb, parse_timeout_min
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-from conftest import load_tool as _load_tool  # noqa: E402
+from helpers import load_tool as _load_tool  # noqa: E402
 
 
 sweep = _load_tool("eval_sweep")

@@ -18,7 +18,7 @@ import torch
 from lseg import bench
 from lseg.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 TOOL = REPO / "tools" / "benchmark.py"
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 TINY = ["data.crop_size=64", "data.base_size=72"]  # smoke model at 64 px: fast on a busy CPU

@@ -13,12 +13,12 @@ import torch
 from lseg.checkpoint_io import load_checkpoint, save_atomic
 from lseg.config import load_config, to_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT  # noqa: E402
 ADE = "ade20k-150-relabeled"
 pytestmark = pytest.mark.slow
 
 
-from conftest import load_tool as _load_tool  # noqa: E402
+from helpers import load_tool as _load_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from lseg.data.paths import resolve_lists_root
 from lseg.data.sampler import mixture_counts
 from lseg.data.synthetic import class_colour, make_synthetic_mseg
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 ADE, COCO = "ade20k-150-relabeled", "coco-panoptic-133-relabeled"
 NUM_TRAIN, NUM_VAL = 24, 6
 

@@ -20,7 +20,7 @@ from lseg.data.names import read_class_names
 from lseg.data.taxonomy import main as taxonomy_main
 from lseg.data.taxonomy import parse_cell
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO  # noqa: E402
 ADE, COCO = "ade20k-150-relabeled", "coco-panoptic-133-relabeled"
 
 
