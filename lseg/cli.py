@@ -15,10 +15,11 @@ Here is the one list, one formatter and one wrapper:
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 import sys
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 #: Exit status for a user error (bad config, data, checkpoint, file system); one line on stderr.
 USER_ERROR_EXIT_CODE = 2
@@ -39,8 +40,10 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from lseg.engine.trainer import TrainingError
     from lseg.models.text import LabelError
     from lseg.models.weights import WeightsError
+    from lseg.runtime import DeviceError
 
-    return (ConfigError, CheckpointError, DataError, DistributedEnvError, TrainingError, WeightsError, LabelError)
+    return (ConfigError, CheckpointError, DataError, DistributedEnvError, TrainingError, WeightsError, LabelError,
+            DeviceError)
 
 
 def is_user_error(exc: BaseException, extra: Iterable[type[BaseException]] = ()) -> bool:
@@ -105,3 +108,44 @@ def cli_main(*extra: type[BaseException], prefix: str = "error") -> Callable:
                 return USER_ERROR_EXIT_CODE
         return wrapper
     return wrap
+
+
+# ``section.key=value`` (at least one dot before the ``=``): a config override, never a flag value.
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with config overrides allowed anywhere, the one rule of every entry point.
+
+    ``section.key=value`` tokens are taken out before argparse sees the rest and appended to
+    ``args.overrides`` in order, so ``--config X optim.lr=1 --output-dir D`` works, and
+    ``--scales 0.5 1.0 data.root=X`` does not feed the override to ``--scales``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if _OVERRIDE.match(a)]
+    args = parser.parse_args([a for a in argv if not _OVERRIDE.match(a)])
+    args.overrides = list(getattr(args, "overrides", None) or []) + overrides
+    return args
+
+
+def _number(kind: type, minimum: float, inclusive: bool) -> Callable[[str], float]:
+    word = ">=" if inclusive else ">"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {word} {minimum:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+#: argparse ``type=`` validators: a bad flag value is argparse's one-line usage error (exit 2).
+positive_int = _number(int, 0, inclusive=False)
+non_negative_int = _number(int, 0, inclusive=True)
+positive_float = _number(float, 0.0, inclusive=False)
+non_negative_float = _number(float, 0.0, inclusive=True)
