@@ -7,7 +7,7 @@ setup(
     packages=find_packages(include=["lseg", "lseg.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.6",  # torch.nn.utils.get_total_norm
         "torchvision",
         "timm>=1.0",
         "open_clip_torch>=2.24",
@@ -17,11 +17,16 @@ setup(
         "numpy",
         "pillow",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7", "selenium>=4.11"],  # selenium: the web demo's browser tests
+        "app": ["gradio>=6", "gradio_client>=2"],  # the web demo, python -m lseg.app
+    },
+    package_data={"lseg.app": ["assets/*.jpg"]},
     entry_points={
         "console_scripts": [
             "lseg-train=lseg.train:main",
             "lseg-taxonomy=lseg.data.taxonomy:main",
+            "lseg-app=lseg.app.__main__:main",
         ]
     },
 )

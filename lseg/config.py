@@ -7,8 +7,10 @@ types for free; the loader below is the only place that interprets them.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -116,6 +118,10 @@ class TrainConfig:
     channels_last: bool = False
     freeze_bn: bool = False  # BatchNorm in eval mode while training (exact DDP/accumulation parity)
     device: str = "auto"  # auto | cpu | cuda
+    # Bands of output rows the upsample + cross-entropy run over: peak loss memory ~3/loss_chunks of the
+    # full-resolution logits, a few kernel launches per band.
+    loss_chunks: int = 8
+    fp16_init_scale: float = 65536.0  # GradScaler's first loss scale (fp16); halved at every overflow
 
 
 @dataclass
@@ -130,7 +136,6 @@ class EvalConfig:
 class LogConfig:
     every: int = 20
     tensorboard: bool = True
-    image_every: int = 0  # 0: images only at eval time
 
 
 @dataclass
@@ -138,6 +143,9 @@ class DistConfig:
     backend: str = "auto"  # auto | nccl | gloo
     timeout_s: int = 1800
     port: int | None = None  # None: derived from the Slurm job id, else 29500
+    bucket_cap_mb: float = 25.0  # DDP gradient bucket size: fewer, larger all-reduces vs. earlier overlap
+    gradient_as_bucket_view: bool = True  # gradients are views into DDP's buckets: one copy of them less
+    static_graph: bool = True  # applied where valid: train.accum_steps == 1 and train.compile off
 
 
 @dataclass
@@ -168,11 +176,12 @@ _POSITIVE = (
     "model.features", "data.base_size", "data.crop_size", "data.eval_size", "optim.lr",
     "train.max_steps", "train.batch_size", "train.accum_steps", "train.ckpt_every", "train.keep_last",
     "train.max_nonfinite_steps", "eval.batch_size", "log.every", "dist.timeout_s", "model.logit_scale",
+    "train.loss_chunks", "train.fp16_init_scale", "dist.bucket_cap_mb",
 )
 _NON_NEGATIVE = (
     "model.block_depth", "data.num_workers", "optim.weight_decay", "optim.momentum",
     "optim.warmup_steps", "optim.min_lr", "optim.decoder_lr_mult", "train.keep_every",
-    "train.seed", "eval.every", "eval.num_image_panels", "log.image_every",
+    "train.seed", "eval.every", "eval.num_image_panels",
 )
 
 
@@ -288,11 +297,22 @@ def _unknown_key(prefix: str, name: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key '{prefix}{name}'{hint}")
 
 
+#: Keys that existed once and do nothing now. Configs saved in older run dirs and checkpoints still
+#: hold them, so they are dropped with a warning instead of refusing those files.
+RETIRED_KEYS: dict[str, str] = {
+    "log.image_every": "image panels are written at every evaluation (eval.num_image_panels)",
+}
+
+
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for name, value in data.items():
+        if prefix + str(name) in RETIRED_KEYS:
+            logging.getLogger("lseg").warning("config key '%s%s' is retired and ignored: %s",
+                                              prefix, name, RETIRED_KEYS[prefix + str(name)])
+            continue
         if name not in hints:
             raise _unknown_key(prefix, str(name), names)
         kwargs[name] = _convert(value, hints[name], prefix + name)
@@ -365,9 +385,16 @@ def from_dict(data: dict) -> Config:
     return validate(_build(Config, data))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Schema defaults <- YAML file <- ``key=value`` overrides, then validation."""
-    data = load_yaml(path) if path is not None else {}
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Schema defaults <- YAML file <- ``key=value`` overrides, then validation.
+
+    ``path`` may also be an already-loaded config dict (e.g. the one stored in a checkpoint); it is
+    copied, not changed.
+    """
+    if isinstance(path, dict):
+        data = copy.deepcopy(path)
+    else:
+        data = load_yaml(path) if path is not None else {}
     for key, value in parse_overrides(list(overrides)):
         _check_override_key(key)
         _set_dotted(data, key, value)

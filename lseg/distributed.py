@@ -97,9 +97,12 @@ def detect(env: dict | None = None, port: int | None = None) -> DistInfo:
 
 
 def init_distributed(backend: str = "auto", timeout_s: int = 1800, port: int | None = None,
-                     device_type: str = "cpu") -> DistInfo:
-    """Initialise the default process group if the environment asks for more than one process."""
-    info = detect(port=port)
+                     device_type: str = "cpu", info: DistInfo | None = None) -> DistInfo:
+    """Initialise the default process group if the environment asks for more than one process.
+
+    ``info``: what the caller's :func:`detect` found (the environment is then not read again).
+    """
+    info = info or detect(port=port)
     if info.world_size == 1 or dist.is_initialized():
         return info
     if backend == "auto":
@@ -123,10 +126,6 @@ def cleanup() -> None:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def barrier() -> None:

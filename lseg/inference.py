@@ -1,8 +1,8 @@
 """Sliding-window, multi-scale and flip inference (the official LSeg evaluation protocol).
 
-Why this is its own module: the trainer's in-loop eval, ``tools/eval_sweep.py`` and
-``tools/predict.py`` must score images the same way, and the protocol has several easy-to-get-wrong
-details (documented in ``/work/shared/reference/langseg_spec.md`` §3) that deserve one tested place:
+Why this is its own module: the trainer's in-loop eval, the evaluation sweep and prediction must
+score images the same way, and the official protocol has several easy-to-get-wrong details that
+deserve one tested place:
 
 * per scale ``s`` the image is resized (bilinear, ``align_corners=True``) so that its long side is
   ``ceil(base_size * s)``, the short side ``int(short * long_new / long + 0.5)`` (aspect kept);
@@ -23,19 +23,23 @@ use stand-ins with known outputs; :func:`logits_fn` builds one from an LSeg mode
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from lseg.metrics import confusion_matrix
+from lseg import runtime
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 OFFICIAL_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 #: ``(0 - 0.5) / 0.5``: a black pixel after the mean = std = 0.5 normalisation the model expects.
 PAD_VALUE: float = -1.0
+
+
+class ProtocolError(ValueError):
+    """Impossible protocol settings (scales, window, stride); a user error printed as one line."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,17 @@ class Protocol:
     window_batch: int = 8  # windows per forward call (memory knob, does not change results)
 
     def __post_init__(self) -> None:
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise ValueError(f"protocol {self.name}: scales must be positive, got {self.scales}")
+        if not self.scales or any(not (0 < s < math.inf) for s in self.scales):
+            raise ProtocolError(f"protocol {self.name}: scales must be positive, got {list(self.scales)}")
+        if self.base_size is not None and self.base_size <= 0:
+            raise ProtocolError(f"protocol {self.name}: base size must be > 0, got {self.base_size}")
         if self.crop_size is not None and self.crop_size <= 0:
-            raise ValueError(f"protocol {self.name}: crop_size must be > 0")
+            raise ProtocolError(f"protocol {self.name}: crop size must be > 0, got {self.crop_size}")
         if self.crop_size is not None and not 0 < self.effective_stride <= self.crop_size:
-            raise ValueError(f"protocol {self.name}: stride must be in (0, crop_size], got {self.stride}")
+            raise ProtocolError(f"protocol {self.name}: stride must be in (0, crop size {self.crop_size}], "
+                                f"got {self.effective_stride}")
+        if self.window_batch < 1:
+            raise ProtocolError(f"protocol {self.name}: window batch must be >= 1, got {self.window_batch}")
 
     @property
     def effective_stride(self) -> int:
@@ -212,9 +221,10 @@ def infer(fn: LogitsFn, image: torch.Tensor, protocol: Protocol) -> torch.Tensor
     return scores
 
 
-def logits_fn(model: torch.nn.Module, labels: Sequence[str],
-              autocast_dtype: torch.dtype | None = None) -> LogitsFn:
+def logits_fn(model: torch.nn.Module, labels: Sequence[str], precision: str = "fp32") -> LogitsFn:
     """Wrap an LSeg model so that text features are encoded once for ``labels``.
+
+    ``precision`` (fp32 | bf16 | fp16) is the autocast of the image side; the logits are fp32.
 
     Uses ``model.image(images, text_features)`` when the model exposes the two towers (the
     contract of ``lseg.models``); otherwise falls back to ``model(images, labels)``.
@@ -226,8 +236,7 @@ def logits_fn(model: torch.nn.Module, labels: Sequence[str],
         feats = text.encode(labels) if text is not None and hasattr(text, "encode") else None
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32,
-                                             enabled=autocast_dtype is not None):
+        with torch.no_grad(), runtime.autocast(x.device, precision):
             if feats is not None and image is not None:
                 out = image(x, feats.to(x.device))
             else:
@@ -250,21 +259,6 @@ def reduce_prompts(logits: torch.Tensor, groups: Sequence[int], num_classes: int
     for p, c in enumerate(groups):
         out[:, c] = torch.maximum(out[:, c], logits[:, p])
     return out
-
-
-@dataclass
-class ConfusionAccumulator:
-    """Dataset-level integer confusion matrix, fed image by image (rows = GT, cols = prediction)."""
-
-    num_classes: int
-    ignore_index: int = 255
-    matrix: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        self.matrix += confusion_matrix(pred.cpu(), target.cpu(), self.num_classes, self.ignore_index)
 
 
 def keep_original(image, label, seed: int = 0):

@@ -46,3 +46,18 @@ def segmentation_metrics(conf: torch.Tensor) -> dict:
         "per_class_iou": iou.tolist(),
         "present": present.tolist(),
     }
+
+
+def metrics_to_scalars(conf: torch.Tensor, names: list[str], prefix: str = "eval") -> dict[str, float]:
+    """``{prefix}/mIoU``, ``/pixel_acc``, ``/fwIoU`` and ``{prefix}_iou/<class>`` for writers.
+
+    Per-class IoU is reported only for classes that occur in the ground truth: a class that is only
+    predicted is in the mean (IoU 0) but would otherwise add a flat-zero curve per absent class.
+    """
+    m = segmentation_metrics(conf)
+    out = {f"{prefix}/mIoU": m["mIoU"], f"{prefix}/pixel_acc": m["pixel_acc"], f"{prefix}/fwIoU": m["fwIoU"]}
+    gt_present = conf.sum(1) > 0
+    for cid, iou in enumerate(m["per_class_iou"]):
+        if gt_present[cid]:
+            out[f"{prefix}_iou/{names[cid]}"] = iou
+    return out

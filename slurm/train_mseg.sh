@@ -9,11 +9,18 @@
 # on the sbatch command line, e.g. `sbatch --nodes=4 --time=12:00:00 -p gpu slurm/train_mseg.sh`.
 # CPU-only (tests): `sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=0 --cpus-per-task=1 ...`.
 #
-# Requeue protocol: Slurm sends SIGUSR2 to this batch shell 5 minutes before the time limit or when
-# the job is preempted (--signal=B:USR2@300; clusters need SlurmctldParameters=
-# preempt_send_user_signal for the latter). The trap forwards it to srun, which passes it to every
-# trainer process; the ranks agree at the next step, save a checkpoint and exit 75. This script
-# then runs `scontrol requeue`, and the restarted job (same job id, same run dir) auto-resumes.
+# Signals (one meaning for both launchers, see lseg/engine/preemption.py):
+#   SIGUSR1/SIGUSR2 - Slurm sends SIGUSR2 to this batch shell 5 minutes before the time limit or when
+#     the job is preempted (--signal=B:USR2@300; the latter needs SlurmctldParameters=
+#     preempt_send_user_signal); `scancel --signal=USR2 JOBID` sends it to the trainers directly.
+#     The trap forwards it to srun, which passes it to every trainer process; the ranks agree at the
+#     next step, save a checkpoint and exit 75. This script then runs `scontrol requeue`, and the
+#     restarted job (same job id, same run dir) auto-resumes.
+#   SIGTERM - `scancel JOBID`, the time limit itself, or preemption without the user signal: Slurm
+#     signals every process of the job; the trainers save and exit 143 and the job ENDS: this
+#     script never requeues it (with PreemptMode=REQUEUE Slurm requeues a preempted job by itself).
+#     The save must fit in Slurm's KillWait (30 s by default) before SIGKILL.
+# A rank that dies ends the whole step at once (srun --kill-on-bad-exit=1).
 #
 #SBATCH --job-name=lseg-mseg
 #SBATCH --nodes=1
@@ -27,7 +34,8 @@
 #SBATCH --output=slurm-%x-%j.out
 set -uo pipefail  # no -e: srun's exit status is inspected below
 
-readonly REQUEUE_EXIT_CODE=75  # lseg.engine.preemption.REQUEUE_EXIT_CODE
+readonly REQUEUE_EXIT_CODE=75   # lseg.engine.preemption.REQUEUE_EXIT_CODE: saved, requeue me
+readonly STOPPED_EXIT_CODE=143  # lseg.engine.preemption.STOPPED_EXIT_CODE: saved, stopped for good
 
 # --- Arguments: --config/--output-dir (or CONFIG/OUTPUT_DIR), everything else goes to the trainer.
 LSEG_ROOT=${LSEG_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
@@ -65,19 +73,21 @@ echo "=== $(date -Is) job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}:"
 echo "config=$CONFIG output_dir=$OUTPUT_DIR overrides=${overrides[*]:-} python=$PYTHON"
 
 # --- Signals: remember them, and hand USR1/USR2 on to the training step.
-caught=""
+requeue_signal=""
+stop_signal=""
 srun_pid=""
-forward() {
-  caught=$1
+on_signal() {
   echo "=== $(date -Is) batch shell got SIG$1"
-  if [[ $1 != TERM && -n $srun_pid ]]; then
-    kill -s "$1" "$srun_pid" 2>/dev/null || true  # srun passes it to every task
+  if [[ $1 == TERM ]]; then
+    stop_signal=$1  # Slurm sends TERM to the tasks itself
+  else
+    requeue_signal=$1
+    if [[ -n $srun_pid ]]; then kill -s "$1" "$srun_pid" 2>/dev/null || true; fi  # srun passes it on
   fi
-  # TERM comes from Slurm itself (end of grace time / time limit) and reaches the tasks directly.
 }
-trap 'forward USR1' USR1
-trap 'forward USR2' USR2
-trap 'forward TERM' TERM
+trap 'on_signal USR1' USR1
+trap 'on_signal USR2' USR2
+trap 'on_signal TERM' TERM
 
 # One task per GPU; each task announces its rank so the log shows who took part.
 # --cpus-per-task is repeated because srun in 22.05+ no longer inherits it from sbatch.
@@ -92,14 +102,19 @@ while :; do
   rc=$?
   kill -0 "$srun_pid" 2>/dev/null || break
 done
+caught=${stop_signal:-$requeue_signal}
 echo "=== $(date -Is) srun exited with $rc${caught:+ after SIG$caught}"
 
 if ((rc == 0)); then
   exit 0  # finished (even if a signal came too late to matter)
 fi
-if ((rc == REQUEUE_EXIT_CODE)) || [[ -n $caught ]]; then
-  # A checkpoint was saved (exit 75), or we were told to stop: either way the restarted job
-  # resumes from the newest valid checkpoint in $OUTPUT_DIR.
+if [[ -n $stop_signal ]] || ((rc == STOPPED_EXIT_CODE)); then
+  echo "=== stopped, not requeueing; to resume, submit again with --output-dir $OUTPUT_DIR"
+  exit "$rc"
+fi
+if ((rc == REQUEUE_EXIT_CODE)) || [[ -n $requeue_signal ]]; then
+  # A checkpoint was saved (exit 75), or a rank died before it could save: either way the
+  # restarted job resumes from the newest valid checkpoint in $OUTPUT_DIR.
   echo "=== requeueing job $SLURM_JOB_ID"
   if scontrol requeue "$SLURM_JOB_ID"; then
     exit 0  # normally not reached: the requeue ends this shell

@@ -14,6 +14,7 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -132,3 +133,82 @@ def free_port() -> int:
 
 def steps_logged(text: str) -> list[int]:
     return [int(m) for m in re.findall(r"\] step (\d+)/", text)]
+
+
+# ------------------------------------------------------------------ small checkpoints for averaging tests
+def averaging_state(seed: int) -> dict[str, torch.Tensor]:
+    """A state dict with every dtype averaging treats differently (fp32/fp16/bf16, int and bool buffers)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "half.weight": torch.randn(5, generator=g).to(torch.float16),
+        "bf.weight": torch.randn(6, generator=g).to(torch.bfloat16),
+        "bn.running_mean": torch.randn(4, generator=g),
+        "bn.num_batches_tracked": torch.tensor(100 * (seed + 1)),
+        "mask": torch.tensor([True, seed % 2 == 0]),
+    }
+
+
+def write_model_checkpoint(path: Path, state: dict, step: int, ema: dict | None = None) -> Path:
+    """A training-like checkpoint file (with optimizer state, which averaging must drop)."""
+    payload = {"format": FORMAT, "model": state, "config": {"model": {"features": 8}}, "step": step,
+               "optimizer": {"state": {}}}
+    if ema is not None:
+        payload["ema"] = ema
+    from lseg.checkpoint_io import save_atomic
+
+    save_atomic(payload, path)
+    return path
+
+
+def fake_run(root: Path) -> Path:
+    """A run dir with steps 100-400 (eval/mIoU 0.2, 0.5, 0.4, 0.1); step 300's metric only in metrics.jsonl."""
+    run = root / "run"
+    ck = run / "checkpoints"
+    entries = []
+    for step, miou in {100: 0.2, 200: 0.5, 300: 0.4, 400: 0.1}.items():
+        write_model_checkpoint(ck / f"step_{step:08d}.pt", averaging_state(step), step)
+        if step != 300:
+            entries.append({"path": f"step_{step:08d}.pt", "step": step, "metrics": {"eval/mIoU": miou}})
+    (ck / "index.json").write_text(json.dumps({"checkpoints": entries, "best": None}))
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"step": 300, "epoch": 2, "eval/mIoU": 0.4}) + "\nnot json\n" + json.dumps({"step": 10, "loss": 1.0}) + "\n")
+    shutil.copyfile(ck / "step_00000400.pt", ck / "last.pt")
+    return run
+
+
+# ------------------------------------------------------------------ the web demo (python -m lseg.app)
+def skip_or_fail_in_ci(reason: str) -> None:
+    """Skip with a visible reason locally; under CI (CI=true) a missing dependency must not pass silently."""
+    import pytest
+
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def start_app(checkpoint: Path, log: Path, *flags: str, timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """``python -m lseg.app`` on a free loopback port, output to ``log``; (process, URL) once it serves."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lseg.app", "--checkpoint", str(checkpoint),
+                                 "--port", str(port), *flags], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while f"lseg demo on {url}" not in log.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            stop_app(proc)
+            raise AssertionError(f"the demo did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return proc, url
+
+
+def stop_app(proc: subprocess.Popen) -> int:
+    """Ctrl-C, as a user stops the demo (then SIGKILL if it hangs); the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

@@ -103,7 +103,8 @@ SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
-KillWait=5
+# Slurm's default: a SIGTERM'd trainer (scancel) has this long to save before SIGKILL.
+KillWait=30
 InactiveLimit=0
 MinJobAge=300
 # Declared so that --gpus-per-node=0 / --gres requests parse; the nodes have no GPUs.

@@ -1,77 +1,25 @@
-"""The main job on its built-in default (``make demo``): data -> train -> eval -> TensorBoard -> prediction.
+#!/usr/bin/env python
+"""The main job on its built-in default: synthetic data -> train -> eval -> TensorBoard -> predictions.
 
-Runs the same commands a user would, as subprocesses: the synthetic MSeg generator, the trainer on
-``configs/smoke.yaml`` (CPU, a few minutes on 2 cores) and ``tools/predict.py`` on validation images.
-It ends by printing the final eval next to two baselines computed from the validation labels, so
-"the model learned something" is a number, not a hope.
+    python tools/demo.py [--output-dir runs/demo] [--data-root data/synthetic] [key=value ...]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from lseg.cli import cli_main, parse_args
+from lseg.demo import DemoError, run_demo
 
 
-def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
-
-
-def majority_baseline(data_root: Path) -> tuple[float, int]:
-    """Pixel accuracy of always predicting the most frequent class of the eval set, and its class count."""
-    from lseg.config import load_config
-    from lseg.data import build_val_loader
-
-    cfg = load_config(REPO / "configs/smoke.yaml", [f"data.root={data_root}", "data.num_workers=0"])
-    counts = np.zeros(256, dtype=np.int64)
-    for name in cfg.data.val_datasets:
-        for batch in build_val_loader(cfg, name, 0, 1, max_samples=cfg.eval.max_samples):
-            counts += np.bincount(batch["label"].numpy().ravel(), minlength=256)
-    counts[255] = 0
-    return counts.max() / counts.sum(), int((counts > 0).sum())
-
-
+@cli_main(DemoError)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output-dir", default="runs/demo")
-    parser.add_argument("--data-root", default="data/synthetic")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default="runs/demo", help="run dir (relative to the checkout)")
+    parser.add_argument("--data-root", default="data/synthetic", help="synthetic data (written when missing)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="extra trainer overrides")
-    args = parser.parse_args(argv)
-    py = sys.executable
-    data_root, out = (REPO / args.data_root).resolve(), (REPO / args.output_dir).resolve()
-
-    if not (data_root / "synthetic_info.json").exists():
-        run([py, "tools/make_synthetic_mseg.py", "--output", str(data_root)])
-    run([py, "-m", "lseg.train", "--config", "configs/smoke.yaml", "--output-dir", str(out),
-         f"data.root={data_root}", *args.overrides])
-
-    ade_val = (data_root / "dataset_lists/ade20k-150-relabeled/list/val.txt").read_text().split()
-    images = [str(data_root / "ADE20K/ADEChallengeData2016" / p) for p in ade_val[0:4:2]]
-    classes = [line for line in (out / "class_names.txt").read_text().splitlines()]
-    pool = json.loads((data_root / "synthetic_info.json").read_text())["universal_class_pool"]
-    labels = ",".join(classes[i] for i in pool)
-    run([py, "tools/predict.py", "--checkpoint", str(out / "checkpoints/last.pt"), "--image", *images,
-         "--labels", labels, "--output", str(out / "predictions")])
-
-    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    final = [e for e in evals if "eval/mIoU" in e][-1]
-    first = [e for e in evals if "eval/mIoU" in e][0]
-    acc_base, n_classes = majority_baseline(data_root)
-    print("\n== demo summary ==")
-    print(f"run dir        {out}")
-    print(f"eval (step {first['step']:>4}) mIoU {first['eval/mIoU']:.3f}  pixel acc {first['eval/pixel_acc']:.3f}")
-    print(f"eval (step {final['step']:>4}) mIoU {final['eval/mIoU']:.3f}  pixel acc {final['eval/pixel_acc']:.3f}")
-    print(f"baselines      uniform guess over 194 classes: pixel acc {1 / 194:.3f}, mIoU <= {1 / 194:.3f}; "
-          f"always the most frequent of the {n_classes} val classes: pixel acc {acc_base:.3f}, "
-          f"mIoU <= {1 / n_classes:.3f}")
-    print(f"predictions    {out / 'predictions'}")
-    print(f"tensorboard    tensorboard --logdir {out / 'tb'}")
+    args = parse_args(parser, argv)
+    run_demo(args.output_dir, args.data_root, args.overrides)
     return 0
 
 

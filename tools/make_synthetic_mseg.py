@@ -11,30 +11,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lseg.cli import cli_main  # noqa: E402
-from lseg.data.paths import SUPPORTED_DATASETS  # noqa: E402
-from lseg.data.synthetic import make_synthetic_mseg  # noqa: E402
+from lseg.cli import cli_main, non_negative_int, parse_args
+from lseg.data.paths import SUPPORTED_DATASETS
+from lseg.data.synthetic import make_synthetic_mseg
 
 
 @cli_main()
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", required=True, help="folder to use as data.root")
-    p.add_argument("--num-train", type=int, default=48, help="training images per dataset")
-    p.add_argument("--num-val", type=int, default=16, help="validation images per dataset")
+    p.add_argument("--num-train", type=non_negative_int, default=48, help="training images per dataset")
+    p.add_argument("--num-val", type=non_negative_int, default=16, help="validation images per dataset")
     p.add_argument("--size", type=int, nargs=2, default=[120, 160], metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-classes", type=int, default=24,
+    p.add_argument("--num-classes", type=non_negative_int, default=24,
                    help="universal classes drawn from (shared by both datasets); 0 = each dataset's all")
     p.add_argument("--datasets", nargs="+", default=list(SUPPORTED_DATASETS), choices=SUPPORTED_DATASETS)
     p.add_argument("--mseg-root", default=None, help="mseg-api checkout (default: env MSEG_ROOT, else mseg/)")
-    args = p.parse_args(argv)
-    if args.num_train < 0 or args.num_val < 0 or min(args.size) < 8:
-        p.error("counts must be >= 0 and sizes >= 8")
+    args = parse_args(p, argv)
+    if args.overrides:
+        p.error(f"unexpected arguments: {' '.join(args.overrides)}")
+    if min(args.size) < 8:
+        p.error(f"--size: both sides must be >= 8, got {args.size[0]} {args.size[1]}")
     counts = make_synthetic_mseg(args.output, args.num_train, args.num_val, tuple(args.size), args.seed,
                                  args.num_classes, args.datasets, args.mseg_root)
     for ds, splits in counts.items():

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lseg.cli import cli_main  # noqa: E402
-from lseg.config import add_config_args, load_config  # noqa: E402
-from lseg.models import weights  # noqa: E402
+from lseg.cli import cli_main, parse_args
+from lseg.config import add_config_args, load_config
+from lseg.models.weights import prepare_cache
 
 
 @cli_main()  # config, missing weights offline, unwritable cache dir: one line, exit 2
@@ -24,22 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cache-dir", required=True, help="directory to fill (Hugging Face cache layout)")
     add_config_args(p)
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides).model
-    cache_dir = weights.cache_dir_for(args.cache_dir)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    sources = [weights.timm_source(cfg.backbone),
-               weights.open_clip_source(cfg.text.arch, cfg.text.pretrained)]
-    for src in sources:
-        path = weights.find_cached(src, cache_dir)
-        if path is not None:
-            print(f"cached     {src.what}: {path}")
-            continue
-        if weights.offline():
-            raise weights.WeightsError(f"{src.what} is not in {cache_dir} and HF_HUB_OFFLINE is set; "
-                                       "run this on a machine with network access")
-        print(f"fetching   {src.what} from {src.repo_id} ...", flush=True)
-        print(f"downloaded {src.what}: {weights.download(src, cache_dir)}")
+    args = parse_args(p, argv)
+    cache_dir = prepare_cache(load_config(args.config, args.overrides).model, args.cache_dir)
     print(f"done; train with model.pretrained=true model.weights_cache={cache_dir} (HF_HUB_OFFLINE=1 on compute nodes)")
     return 0
 

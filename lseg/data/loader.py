@@ -11,6 +11,9 @@ resumes with ``epoch_position(cfg, world_size, m)`` -> ``(epoch, start)`` passed
 """
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -86,12 +89,52 @@ def epoch_position(cfg, world_size: int, micro_steps_done: int) -> tuple[int, in
     return consumed // per_epoch, consumed % per_epoch
 
 
+# Slurm signals every process of a job step, loader workers included. These signals are the
+# trainer's to act on (lseg.engine.preemption); a worker that died of one would make the trainer fail
+# with "DataLoader worker ... is killed by signal" instead of saving.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+_SIGWAITINFO = hasattr(signal, "sigwaitinfo")  # Linux; elsewhere workers keep torch's own handling
+
+
+def _worker_init(worker_id: int) -> None:
+    """Workers ignore the stop signals, except SIGTERM from their parent (the loader shutting them down).
+
+    Workers start with the signals blocked (:class:`_Loader`), so none lands before this runs. SIGTERM
+    stays blocked and is taken by a thread that ends the worker only when the parent sent it, as
+    torch's own worker handler does for that case; the parent's shutdown must keep working.
+    """
+    parent = os.getppid()
+
+    def take_sigterm() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=take_sigterm, name="lseg-sigterm", daemon=True).start()
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1, signal.SIGUSR2})
+
+
+class _Loader(torch.utils.data.DataLoader):
+    """Starts its workers with the stop signals blocked; one that arrives meanwhile reaches the trainer after."""
+
+    def __iter__(self):
+        if self.num_workers == 0 or not _SIGWAITINFO:
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            return super().__iter__()  # forks the workers, which inherit the blocked signals
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _loader(dataset, batch_sampler, num_workers: int, pin_memory: bool | None) -> torch.utils.data.DataLoader:
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    return torch.utils.data.DataLoader(
+    return _Loader(
         dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate,
-        pin_memory=pin_memory, persistent_workers=False,
+        pin_memory=pin_memory, persistent_workers=False, worker_init_fn=_worker_init if _SIGWAITINFO else None,
     )
 
 
@@ -130,21 +173,24 @@ class _ShardKeys(torch.utils.data.Sampler):
 
 def build_val_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1,
                      max_samples: int | None = None, *, num_workers: int | None = None,
-                     pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
+                     pin_memory: bool | None = None, transform=None,
+                     batch_size: int | None = None) -> torch.utils.data.DataLoader:
     """Sharded evaluation loader over the first ``max_samples`` of ``data.val_split``.
 
     ``max_samples`` None uses ``eval.max_samples`` (None there = the whole split). Unreadable
     samples (policy ``skip``) become all-ignore labels with ``num_bad`` = 1 so nothing is scored twice.
+    ``transform`` (default: the eval centre crop) and ``batch_size`` (default ``eval.batch_size``)
+    let the evaluation sweep score whole images at their own size, one per batch.
     """
     d = cfg.data
     check_dataset_name(dataset_name)
     tax = load_taxonomy(d.mseg_root)
     (ds,) = build_datasets([dataset_name], d.root, _lists_root(d), d.val_split, tax)
-    val_set = SegmentationSet([ds], build_eval_transform(d), d.on_bad_sample, replace="blank")
+    val_set = SegmentationSet([ds], transform or build_eval_transform(d), d.on_bad_sample, replace="blank")
     limit = max_samples if max_samples is not None else cfg.eval.max_samples
     n = len(val_set) if limit is None else min(limit, len(val_set))
     keys = _ShardKeys(n, rank, world_size)
-    batches = torch.utils.data.BatchSampler(keys, cfg.eval.batch_size, drop_last=False)
+    batches = torch.utils.data.BatchSampler(keys, batch_size or cfg.eval.batch_size, drop_last=False)
     workers = d.num_workers if num_workers is None else num_workers
     return _loader(val_set, batches, workers, pin_memory)
 

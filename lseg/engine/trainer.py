@@ -5,8 +5,9 @@ registry machinery. What the loop guarantees:
 
 * exact resume: model, optimizer, scheduler, scaler, EMA, step, epoch, sampler position and every
   rank's RNG go into each checkpoint, and the data order is a pure function of (seed, epoch, index);
-* preemption: a signal only sets a flag; ranks agree on it in the per-step all-reduce, save, and
-  :meth:`Trainer.train` returns ``"preempted"`` (the CLI turns that into exit code 75);
+* stop signals: a signal only sets a flag; ranks agree on it in the per-step all-reduce, save, and
+  :meth:`Trainer.train` returns ``"preempted"`` (SIGUSR1/2: exit 75, requeue) or ``"stopped"``
+  (SIGTERM: exit 143, no requeue), see :mod:`lseg.engine.preemption`;
 * non-finite steps are skipped (decided on the all-reduced gradient norm, so every rank agrees) and
   the run aborts after ``train.max_nonfinite_steps`` in a row.
 """
@@ -14,77 +15,59 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import statistics
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lseg import data as lseg_data
-from lseg import faults
-from lseg.checkpoint_io import FORMAT, load_checkpoint
+from lseg import faults, runtime
+from lseg.checkpoint_io import load_checkpoint
+from lseg.checkpoints.manager import CheckpointManager
+from lseg.checkpoints.payload import checkpoint_payload, ema_image_state, provenance, rng_state, set_rng_state
 from lseg.config import Config, ConfigError, dump_yaml, to_dict
 from lseg.distributed import DistInfo
-from lseg.engine.checkpoint import CheckpointManager, provenance, rng_state, set_rng_state
-from lseg.engine.evaluation import evaluate, metrics_to_scalars, panel
+from lseg.evaluation.scoring import argmax_predictor, eval_mode, score
+from lseg.engine.loss import upsampled_segmentation_loss
 from lseg.engine.optim import build_optimizer, build_scheduler
-from lseg.engine.preemption import PreemptionFlag
+from lseg.engine.preemption import PreemptionFlag, decide
 from lseg.engine.writers import ConsoleWriter, JsonlWriter, TensorboardWriter
-from lseg.metrics import IGNORE_INDEX
+from lseg.metrics import metrics_to_scalars
 from lseg.models import build_model
 from lseg.models.loading import first_mismatch
 from lseg.models.text import LabelError
+from lseg.visualize import panel
 
 log = logging.getLogger("lseg")
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 class TrainingError(RuntimeError):
     """The run cannot continue (non-finite streak, incompatible resume); one-line message."""
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over labelled pixels, averaged per image, then over images.
-
-    Per-image averaging makes the gradient of a global batch the same whether it is split over
-    ranks (DDP averages per-rank means) or over accumulation micro-steps; an image without
-    labelled pixels contributes zero.
-    """
-    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
-    valid = (labels != IGNORE_INDEX).to(ce.dtype)
-    per_image = (ce * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
-    return per_image.mean()
-
-
-def pick_device(cfg: Config, info: DistInfo) -> torch.device:
-    want = cfg.train.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TrainingError("train.device=cuda but no CUDA device is visible")
-        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def ddp_options(cfg: Config) -> dict[str, Any]:
+    """DDP keyword arguments from ``dist.*``. Every image parameter is used in every step (unused ones are
+    not created), so ``find_unused_parameters`` stays off. ``static_graph`` is applied only where it is
+    valid: PyTorch's static-graph bookkeeping breaks under ``no_sync`` accumulation (wrong or missing
+    all-reduces in several releases), and it is not combined with ``torch.compile``."""
+    static = cfg.dist.static_graph and cfg.train.accum_steps == 1 and not cfg.train.compile
+    return {"find_unused_parameters": False, "bucket_cap_mb": cfg.dist.bucket_cap_mb,
+            "gradient_as_bucket_view": cfg.dist.gradient_as_bucket_view, "static_graph": static}
 
 
 class Trainer:
-    def __init__(self, cfg: Config, info: DistInfo) -> None:
+    def __init__(self, cfg: Config, info: DistInfo, device: torch.device | None = None) -> None:
+        """``device``: the one :func:`lseg.runtime.pick_device` made before the process group (default: pick it)."""
         self.cfg, self.info = cfg, info
         self.world = info.world_size
-        self.device = pick_device(cfg, info)
+        self.device = device if device is not None else runtime.pick_device(cfg.train.device, info.local_rank)
         self.run_dir = Path(cfg.train.output_dir)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
 
@@ -103,12 +86,15 @@ class Trainer:
             image.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(image.param_groups(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.max_steps, cfg.optim)
-        self.autocast_dtype = _AUTOCAST[cfg.train.precision]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.autocast_dtype = runtime.autocast_dtype(cfg.train.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=cfg.train.fp16_init_scale,
+                                           enabled=cfg.train.precision == "fp16")
         self.ema = (AveragedModel(image, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
                     if cfg.train.ema_decay > 0 else None)
+        # The label embeddings reach the DDP module as a plain input without autograd history, never
+        # as a parameter or buffer: DDP neither broadcasts nor all-reduces them.
         self.ddp = (DDP(image, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                        find_unused_parameters=False) if self.world > 1 else image)
+                        **ddp_options(cfg)) if self.world > 1 else image)
         self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
         self.params = [p for p in image.parameters() if p.requires_grad]
 
@@ -121,17 +107,24 @@ class Trainer:
         self.writers: list[Any] = []
         self.tb: TensorboardWriter | None = None
         self._loader_iter = None
-        # Seam for benchmarks/tests: when set, batches come from here instead of the data loader.
+        # Seams for benchmarks and tests. batch_source: when set, batches come from here instead of
+        # the data loader. phase_hook: called with "data", "forward", "backward", "optimizer" as each
+        # phase of run_step starts and with "end" when its work is done, so a benchmark can time (and
+        # synchronise) the real step instead of a copy of it; None costs one attribute test per phase.
         self.batch_source: Iterator[dict[str, torch.Tensor]] | None = None
+        self.phase_hook: Callable[[str], None] | None = None
         self._window: list[dict[str, float]] = []
         self._step_times: list[float] = []
         self.flag: PreemptionFlag | None = None  # installed by train(); run_step works without it
 
     # ------------------------------------------------------------------ setup
-    def _setup_run_dir(self) -> None:
+    def setup_run_dir(self) -> None:
+        """Rank 0: the run dir's config and class names, and the writers :meth:`log_step` feeds.
+
+        The directory itself exists already: :func:`lseg.train.run` creates and checks it before any work.
+        """
         if not self.info.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(self.cfg, self.run_dir / "config.yaml")
         lseg_data.write_class_names(self.cfg, self.run_dir)
         self.writers = [ConsoleWriter(), JsonlWriter(self.run_dir / "metrics.jsonl")]
@@ -172,7 +165,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
-            self.ema.module.load_state_dict({k.removeprefix("image."): v for k, v in state["ema"].items()})
+            self.ema.module.load_state_dict(ema_image_state(state))
             self.ema.n_averaged.copy_(state["ema_n_averaged"])
         self.step = int(state["step"])
         self.epoch = int(state["sampler"]["epoch"])
@@ -218,6 +211,7 @@ class Trainer:
         num_bad = 0
         self.optimizer.zero_grad(set_to_none=True)
         for micro in range(accum):
+            self._phase("data")
             t0 = time.perf_counter()
             batch = self._next_batch()
             data_wait += time.perf_counter() - t0
@@ -226,21 +220,24 @@ class Trainer:
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             num_bad += int(batch["num_bad"].sum())
+            self._phase("forward")
             sync = micro == accum - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                    enabled=self.autocast_dtype is not None):
-                    logits = self.forward(images, self.text_features)
-                loss = segmentation_loss(logits, labels)
+                with runtime.autocast(self.device, cfg.train.precision):
+                    logit_map = self.forward(images, self.text_features, upsample=False)
+                loss = upsampled_segmentation_loss(logit_map, labels, cfg.train.loss_chunks)
+                self._phase("backward")
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
+        self._phase("optimizer")
         self.scaler.unscale_(self.optimizer)
         if cfg.optim.clip_grad_norm:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.clip_grad_norm)
         else:  # the norm is still needed (logging, non-finite check), the rescale by 1.0 is not
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        # One small all-reduce per step carries the loss, bad-sample count and preemption flag.
-        stats = torch.tensor([float(loss_sum) / accum, num_bad, 1.0 if self.flag and self.flag.received else 0.0],
+        # One small all-reduce per step carries the loss, bad-sample count and the stop-signal votes.
+        votes = self.flag.votes() if self.flag else (0.0, 0.0)
+        stats = torch.tensor([float(loss_sum) / accum, num_bad, *votes],
                              dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(stats)
@@ -269,18 +266,24 @@ class Trainer:
         self.counters["samples_seen"] += global_batch
         self.counters["bad_samples"] += int(stats[1])
         lseg_data.check_bad_fraction(self.counters["bad_samples"], self.counters["samples_seen"], cfg)
+        self._phase("end")
         step_time = time.perf_counter() - t_start
         return {"train/loss": float(stats[0]) / self.world, "train/grad_norm": float(grad_norm),
                 "train/lr": self.optimizer.param_groups[0]["lr"], "train/img_per_s": global_batch / step_time,
                 "train/data_wait": data_wait / step_time, "train/step_time": step_time,
-                "preempt": float(stats[2])}
+                "requeue_votes": float(stats[2]), "stop_votes": float(stats[3])}
+
+    def _phase(self, name: str) -> None:
+        if self.phase_hook is not None:
+            self.phase_hook(name)
 
     # ------------------------------------------------------------------ hooks
     def _write(self, scalars: dict[str, float], **extra: Any) -> None:
         for w in self.writers:
             w.write(self.step, scalars, {"epoch": self.epoch, "max_steps": self.cfg.train.max_steps, **extra})
 
-    def _log_step(self, out: dict[str, float]) -> None:
+    def log_step(self, out: dict[str, float]) -> None:
+        """The per-step hook of :meth:`train`: averages ``run_step``'s results over ``log.every`` steps."""
         self._window.append(out)
         self._step_times.append(out["train/step_time"])
         self._step_times = self._step_times[-50:]
@@ -289,7 +292,7 @@ class Trainer:
         keys = ("train/loss", "train/grad_norm", "train/img_per_s", "train/data_wait")
         scalars = {k: statistics.fmean(o[k] for o in self._window) for k in keys}
         scalars["train/lr"] = out["train/lr"]
-        scalars["train/mem"] = peak_memory_mb(self.device)
+        scalars["train/mem"] = runtime.peak_memory_mb(self.device)
         scalars["train/nonfinite_steps"] = self.counters["nonfinite_steps"]
         scalars["train/bad_samples"] = self.counters["bad_samples"]
         if self.scaler.is_enabled():
@@ -299,20 +302,23 @@ class Trainer:
         self._write(scalars, eta_s=eta)
 
     def run_eval(self) -> dict[str, float]:
+        """Score every ``data.val_datasets`` on all ranks; log per-dataset and overall metrics and panels."""
         cfg = self.cfg
         model = self.ema.module if self.ema is not None else self.model.image
         total = None
         scalars: dict[str, float] = {}
         panels: list = []
-        for name in cfg.data.val_datasets:
-            loader = lseg_data.build_val_loader(cfg, name, self.info.rank, self.world,
-                                                max_samples=cfg.eval.max_samples)
-            conf, p = evaluate(model, self.text_features, loader, len(self.class_names), self.device,
-                               self.autocast_dtype, num_panels=cfg.eval.num_image_panels - len(panels))
-            panels += p
-            total = conf if total is None else total + conf
-            scalars.update({k: v for k, v in metrics_to_scalars(conf, self.class_names, f"eval/{name}").items()
-                            if "_iou/" not in k})
+        with eval_mode(model):
+            predict = argmax_predictor(model, self.text_features, cfg.train.precision)
+            for name in cfg.data.val_datasets:
+                loader = lseg_data.build_val_loader(cfg, name, self.info.rank, self.world,
+                                                    max_samples=cfg.eval.max_samples)
+                result = score(predict, loader, len(self.class_names), self.device,
+                               num_panels=cfg.eval.num_image_panels - len(panels))
+                panels += result.panels
+                total = result.confusion if total is None else total + result.confusion
+                scalars.update({k: v for k, v in metrics_to_scalars(result.confusion, self.class_names,
+                                                                    f"eval/{name}").items() if "_iou/" not in k})
         scalars.update(metrics_to_scalars(total, self.class_names, "eval"))
         self._write(scalars)
         if self.tb is not None:
@@ -320,35 +326,34 @@ class Trainer:
                 self.tb.add_image(f"eval/panel_{i}", panel(img, gt, pred, self.class_names), self.step)
         return scalars
 
-    def save(self, metrics: dict[str, float] | None = None) -> None:
+    def save(self) -> None:
+        """Checkpoint everything exact resume needs; every rank contributes its RNG state."""
         rngs = [None] * self.world
         if self.world > 1:
             dist.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
         if self.info.is_main:
-            state = {
-                "format": FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "step": self.step, "sampler": {"epoch": self.epoch, "position": self.samples_in_epoch},
-                "rng": rngs, "counters": dict(self.counters), "config": to_dict(self.cfg),
-                "provenance": provenance(self.world),
-            }
-            if self.ema is not None:
-                state["ema"] = {"image." + k: v for k, v in self.ema.module.state_dict().items()}
-                state["ema_n_averaged"] = self.ema.n_averaged
+            ema = {} if self.ema is None else {"ema": self.ema.module.state_dict(),
+                                                "ema_n_averaged": self.ema.n_averaged}
+            state = checkpoint_payload(
+                self.model.state_dict(), to_dict(self.cfg), optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), step=self.step,
+                sampler={"epoch": self.epoch, "position": self.samples_in_epoch}, rng=rngs,
+                counters=dict(self.counters), provenance=provenance(self.world), **ema)
             path = self.ckpt.save(state, self.step)
             log.info("saved %s", path)
         if self.world > 1:
-            dist.barrier()  # nobody races ahead into a collective while rank 0 writes (anchors P3)
+            dist.barrier()  # no rank races ahead into a collective while rank 0 writes (a long write would time it out)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
-        """Run to ``train.max_steps``; returns ``{"status": "completed"|"preempted", ...}``."""
+        """Run to ``train.max_steps``; returns ``{"status": "completed"|"preempted"|"stopped", ...}``."""
         cfg = self.cfg
         self.flag = PreemptionFlag()
+        status = None
         try:
-            self._setup_run_dir()
+            self.setup_run_dir()
             self.resume()
             log.info("training %s from step %d to %d on %d process(es), device %s",
                      self.run_dir, self.step, cfg.train.max_steps, self.world, self.device)
@@ -362,12 +367,13 @@ class Trainer:
             while self.step < cfg.train.max_steps:
                 faults.maybe_fail(self.info.rank, self.step + 1)  # test-only seam, see lseg/faults.py
                 out = self.run_step()
-                self._log_step(out)
-                if out["preempt"]:
-                    log.info("stop signal (%s) received: saving at step %d and exiting for requeue",
-                             self.flag.received or "another rank", self.step)
+                self.log_step(out)
+                status = decide(out["requeue_votes"], out["stop_votes"])
+                if status is not None:
+                    log.info("stop signal (%s) received: saving at step %d and %s", self.flag.received or "another rank",
+                             self.step, "exiting for requeue" if status == "preempted" else "ending the run (no requeue)")
                     self.save()
-                    return {"status": "preempted", "step": self.step, "output_dir": str(self.run_dir)}
+                    return {"status": status, "step": self.step, "output_dir": str(self.run_dir)}
                 do_eval = cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.max_steps
                 if do_eval or self.step % cfg.train.ckpt_every == 0:
                     self.save()
@@ -384,7 +390,8 @@ class Trainer:
             return {"status": "completed", "step": self.step, "output_dir": str(self.run_dir),
                     "metrics": {k: v for k, v in metrics.items() if "_iou/" not in k}}
         finally:
-            self.flag.restore()
+            self.flag.restore(exiting=status is not None)
+            self._loader_iter = None  # loader workers ignore stop signals (lseg.data.loader): end them now
             if self.tb is not None:
                 self.tb.close()
 

@@ -1,7 +1,8 @@
 """Where metrics go: console/log.txt, metrics.jsonl and TensorBoard — separate writers, one stream.
 
-The trainer and its hooks put scalars into a :class:`MetricStore` keyed by step; writers only
-format and flush. Only rank 0 builds writers, so other ranks never touch the run dir.
+The trainer hands every writer the same (step, scalars, extras); writers only format and flush, so
+a new destination never touches the training loop. Only rank 0 builds writers, so other ranks
+never touch the run dir.
 """
 from __future__ import annotations
 

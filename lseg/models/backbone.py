@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-
 from lseg.config import ConfigError
+from lseg.models.checkpointing import checkpoint
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
@@ -85,7 +84,7 @@ class ViTBackbone(nn.Module):
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         taken: dict[int, torch.Tensor] = {}
         for i, block in enumerate(vit.blocks):
-            x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x)
+            x = checkpoint(block, x) if use_ckpt else block(x)
             if i in self.hooks:
                 taken[i] = x
         return [taken[i] for i in self.hooks], (h, w)

@@ -1,16 +1,22 @@
-"""Official lang-seg state dict -> our state dict (pure key mapping; the CLI is tools/convert_langseg.py).
+"""Official lang-seg checkpoint -> our checkpoint (the CLI is tools/convert_langseg.py).
 
-Official names (see shared/reference/langseg_checkpoint_keys.md) and ours differ only by prefixes,
-plus dead weights that the official forward never uses and that we do not create.
+Official names and ours differ only by prefixes, plus dead weights that the official forward never
+uses and that we do not create.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from lseg.config import ModelConfig
+from lseg.checkpoint_io import CheckpointError, load_checkpoint
+from lseg.checkpoints.payload import checkpoint_payload
+from lseg.config import Config, ModelConfig, to_dict
+from lseg.models.lseg import build_model
 
 # Official prefix -> our prefix, first match wins.
 _PREFIXES: list[tuple[str, str]] = [
@@ -107,3 +113,34 @@ def convert_state_dict(official: dict[str, torch.Tensor], expected: dict[str, to
             raise ConversionError(f"missing key '{official_name(key)}' (needed for '{key}'; check "
                                   "--arch-option / --config)")
     return {k: out[k] for k in expected}, dropped
+
+
+#: Present only in networks with the spatial block (official arch_option 1 or 2).
+HEAD_BLOCK_KEY = "scratch.head_block.depthwise.depthwise.weight"
+
+
+def convert_checkpoint(src: str | Path, cfg: Config, trust_pickle: bool = False) -> dict[str, Any]:
+    """The lseg-hpc payload (model + ``cfg``) for the official file ``src``; errors name ``src``.
+
+    ``cfg.model`` must describe the network the file was trained with; the official files do not
+    record it, so a mismatch is reported by key with the setting to check.
+    """
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    try:
+        ckpt = load_checkpoint(src, trust_pickle=trust_pickle)
+    except CheckpointError as exc:
+        if "refused to unpickle" in str(exc):
+            raise CheckpointError(f"{exc}; re-run with --trust-pickle if you trust this file") from None
+        raise
+    try:
+        official, kind = official_state_dict(ckpt)
+        if HEAD_BLOCK_KEY in official and cfg.model.arch_option == 0:
+            raise ConversionError(f"the checkpoint has '{HEAD_BLOCK_KEY}' (arch_option 1 or 2): pass --arch-option "
+                                  "1|2 and the --block-depth/--activation it was trained with")
+        with torch.device("meta"):  # shapes only: no memory, no init time
+            expected = build_model(cfg.model).state_dict()
+        state, dropped = convert_state_dict(official, expected, cfg.model)
+    except ConversionError as exc:
+        raise ConversionError(f"{src}: {exc}") from None
+    return checkpoint_payload(state, to_dict(cfg), converted_from={
+        "path": str(Path(src).resolve()), "source_format": kind, "dropped_tensors": dropped})

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lseg.models.checkpointing import checkpoint
+
 
 class Reassemble(nn.Module):
     """One hook: project readout (CLS concatenated to every token), tokens -> map, 1x1 conv, resample.
@@ -80,7 +82,12 @@ class FusionBlock(nn.Module):
 
 
 class DPTDecoder(nn.Module):
-    """Four reassembled maps (1/4 .. 1/32) -> fused ``features``-channel map at 1/2 input resolution."""
+    """Four reassembled maps (1/4 .. 1/32) -> fused ``features``-channel map at 1/2 input resolution.
+
+    With ``grad_checkpointing`` each fusion block is recomputed in backward (BatchNorm statistics
+    still updated once per step, see ``checkpointing.py``): the blocks at 1/4 and 1/2 resolution hold
+    most of the decoder's activations.
+    """
 
     def __init__(self, in_channels: list[int], features: int) -> None:
         super().__init__()
@@ -90,11 +97,18 @@ class DPTDecoder(nn.Module):
         self.refinenet2 = FusionBlock(features, with_skip=True)
         self.refinenet3 = FusionBlock(features, with_skip=True)
         self.refinenet4 = FusionBlock(features, with_skip=False)
+        self.grad_checkpointing = False
+
+    def _fuse(self, block: FusionBlock, x: torch.Tensor, skip: torch.Tensor | None,
+              out_size: tuple[int, int]) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, skip, out_size)
+        return block(x, skip, out_size)
 
     def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         l1, l2, l3, l4 = (getattr(self, f"layer{k}_rn")(m) for k, m in enumerate(maps, start=1))
         top = (2 * l1.shape[-2], 2 * l1.shape[-1])
-        path = self.refinenet4(l4, None, tuple(l3.shape[-2:]))
-        path = self.refinenet3(path, l3, tuple(l2.shape[-2:]))
-        path = self.refinenet2(path, l2, tuple(l1.shape[-2:]))
-        return self.refinenet1(path, l1, top)
+        path = self._fuse(self.refinenet4, l4, None, tuple(l3.shape[-2:]))
+        path = self._fuse(self.refinenet3, path, l3, tuple(l2.shape[-2:]))
+        path = self._fuse(self.refinenet2, path, l2, tuple(l1.shape[-2:]))
+        return self._fuse(self.refinenet1, path, l1, top)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lseg.checkpoint_io import FORMAT, CheckpointError, load_checkpoint
+from lseg.checkpoints.payload import model_weights
 from lseg.config import ConfigError, from_dict
 from lseg.models.lseg import LSeg, build_model
 
@@ -32,21 +33,15 @@ def first_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Ten
     return None
 
 
-def _merge_ema(path: Path, model_state: dict, ema: object) -> dict:
-    """EMA may hold the full model or only the image side (keys with or without ``image.``)."""
-    if not isinstance(ema, dict):
-        raise CheckpointError(f"{path}: 'ema' is not a state dict")
-    merged = dict(model_state)
-    for key, value in ema.items():
-        full = key if key.startswith(("image.", "text.")) else f"image.{key}"
-        merged[full] = value
-    return merged
+def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = False,
+               checkpoint: dict | None = None) -> LSeg:
+    """Model in eval mode from an lseg-hpc checkpoint (training, averaged or converted).
 
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = False) -> LSeg:
-    """Model in eval mode from an lseg-hpc checkpoint (training, averaged or converted)."""
+    ``checkpoint``: the file's contents when the caller has already read them (for its config),
+    so that a multi-GB file is not read twice; ``path`` then only names it in messages.
+    """
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if checkpoint is None else checkpoint
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an {FORMAT} checkpoint (format={ckpt.get('format')!r}); "
                               "official lang-seg files must first go through tools/convert_langseg.py")
@@ -59,11 +54,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
         raise CheckpointError(f"{path}: invalid config in checkpoint: {exc}") from None
     # Weights come from the file; never fetch pretrained ones for a model we overwrite anyway.
     cfg = dataclasses.replace(cfg, pretrained=False)
-    state = ckpt["model"]
-    if use_ema:
-        if "ema" not in ckpt or ckpt["ema"] is None:
-            raise CheckpointError(f"{path}: use_ema=True but the checkpoint has no 'ema' weights")
-        state = _merge_ema(path, state, ckpt["ema"])
+    state = model_weights(ckpt, path, use_ema)
     # Build on the meta device and adopt the checkpoint tensors: random init of a ViT-L on CPU takes
     # minutes (timm's trunc_normal_), and would be overwritten anyway.
     with torch.device("meta"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from lseg.config import ConfigError, ModelConfig
 from lseg.models.backbone import ViTBackbone
+from lseg.models.checkpointing import checkpoint
 from lseg.models.dpt import DPTDecoder, Reassemble
 from lseg.models.text import TextEncoder, text_tower_config
 
@@ -49,10 +51,44 @@ class SpatialRegularizer(nn.Module):
         return x
 
 
+class _ScaledCosine(torch.autograd.Function):
+    """``logits[b, n] = (pixels[b] . text[n]) / max(|pixels[b]|, 1e-12)`` with a hand-written backward.
+
+    Why not autograd's: differentiating the normalisation of the 512-channel map at half resolution
+    makes four temporaries of that map's size (0.45 GB per 480 px image in fp32), the largest
+    transient of a training step once the ViT is checkpointed; this backward makes one. The
+    division by the norm happens after the dot product (same value as normalising first).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pixels: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(pixels, dim=1, keepdim=True)
+        inv_norm = 1 / norm.clamp(min=1e-12)
+        logits = torch.einsum("bchw,nc->bnhw", pixels, text) * inv_norm
+        ctx.save_for_backward(pixels, text, inv_norm, logits, norm > 1e-12)
+        return logits
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        pixels, text, inv_norm, logits, unclamped = ctx.saved_tensors
+        grad_pixels = grad_text = None
+        if ctx.needs_input_grad[0]:
+            # d/dp [(p.t) / |p|] = t / |p| - (p.t) p / |p|^3, summed over labels with their gradients;
+            # where the norm is clamped to 1e-12 the second term is zero.
+            radial = (grad * logits).sum(1, keepdim=True) * inv_norm * inv_norm * unclamped
+            grad_pixels = torch.einsum("bnhw,nc->bchw", grad, text).mul_(inv_norm)
+            grad_pixels.addcmul_(pixels, radial, value=-1)
+        if ctx.needs_input_grad[1]:
+            grad_text = torch.einsum("bnhw,bchw->nc", grad * inv_norm, pixels)
+        return grad_pixels, grad_text
+
+
 class LSegImage(nn.Module):
     """Everything trainable: ViT backbone, reassemble, DPT fusion, ``head1``, spatial block, logit scale.
 
-    ``forward(images, text_features) -> logits (B, N, H, W)`` in fp32.
+    ``forward(images, text_features) -> logits (B, N, H, W)`` in fp32; with ``upsample=False`` the
+    logit map at half resolution, from which training computes its loss without ever holding the
+    full-resolution logits (``lseg.engine.loss``).
     """
 
     def __init__(self, cfg: ModelConfig, embed_dim: int, backbone_file: str | None = None) -> None:
@@ -82,8 +118,12 @@ class LSegImage(nn.Module):
         return self.logit_scale_fixed.float()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Non-reentrant activation checkpointing of every ViT block (memory for ~1/3 more compute)."""
+        """Recompute in backward instead of keeping activations: every ViT block, every fusion block and
+        the head (``head1`` + label dot-product), each non-reentrant; memory for about 1/4 more compute.
+        """
         self.backbone.set_grad_checkpointing(enable)
+        self.decoder.grad_checkpointing = enable
+        self.grad_checkpointing = enable
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``backbone``: the ViT; ``decoder``: all other trainable parameters (official: 10x LR)."""
@@ -93,32 +133,49 @@ class LSegImage(nn.Module):
             "decoder": [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids],
         }
 
+    def _decode(self, images: torch.Tensor) -> torch.Tensor:
+        tokens, grid = self.backbone(images)
+        if self.grad_checkpointing and torch.is_grad_enabled():  # keeps only the maps, not the 2x-wide readout
+            maps = [checkpoint(r, t, grid) for r, t in zip(self.reassemble, tokens)]
+        else:
+            maps = [r(t, grid) for r, t in zip(self.reassemble, tokens)]
+        return self.decoder(maps)
+
     def pixel_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """Unnormalised per-pixel embeddings ``(B, D, H/2, W/2)`` (output of ``head1``)."""
-        tokens, grid = self.backbone(images)
-        maps = [r(t, grid) for r, t in zip(self.reassemble, tokens)]
-        return self.head1(self.decoder(maps))
+        return self.head1(self._decode(images))
 
-    def logits_from_embeddings(self, pixels: torch.Tensor, text_features: torch.Tensor,
-                               out_size: tuple[int, int]) -> torch.Tensor:
-        """``logit_scale * cos(pixel, text)`` in fp32 (autocast off), spatial block, x2 bilinear upsample.
+    def logit_map(self, pixels: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """``logit_scale * cos(pixel, text)`` in fp32 (autocast off) and the spatial block, at ``pixels``' size.
 
         Pixel vectors are divided by their norm like the official code; ``F.normalize``'s eps (1e-12)
         only differs from that for a norm below 1e-12, where the official code would give NaN.
         """
         with torch.autocast(device_type=pixels.device.type, enabled=False):
-            pix = F.normalize(pixels.float(), dim=1, eps=1e-12)
-            txt = F.normalize(text_features.to(device=pix.device, dtype=torch.float32), dim=-1, eps=1e-12)
-            logits = torch.einsum("bchw,nc->bnhw", pix, txt) * self.logit_scale
-            if self.spatial is not None:
-                logits = self.spatial(logits)
-            return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
+            txt = F.normalize(text_features.to(device=pixels.device, dtype=torch.float32), dim=-1, eps=1e-12)
+            logits = _ScaledCosine.apply(pixels.float(), txt * self.logit_scale)
+            return self.spatial(logits) if self.spatial is not None else logits
 
-    def forward(self, images: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_embeddings(self, pixels: torch.Tensor, text_features: torch.Tensor,
+                               out_size: tuple[int, int]) -> torch.Tensor:
+        """:meth:`logit_map`, then the official x2 bilinear upsample (``align_corners=True``) to ``out_size``."""
+        logits = self.logit_map(pixels, text_features)
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
+
+    def _head(self, decoded: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_map(self.head1(decoded), text_features)
+
+    def forward(self, images: torch.Tensor, text_features: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         if text_features.ndim != 2 or text_features.shape[1] != self.head1.out_channels:
             raise ValueError(f"text_features must be (N, {self.head1.out_channels}), got {tuple(text_features.shape)}")
-        pixels = self.pixel_embeddings(images)
-        return self.logits_from_embeddings(pixels, text_features, tuple(images.shape[-2:]))
+        decoded = self._decode(images)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            logits = checkpoint(self._head, decoded, text_features)  # the spatial block has no BatchNorm
+        else:
+            logits = self._head(decoded, text_features)
+        if not upsample:
+            return logits
+        return F.interpolate(logits, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=True)
 
 
 class LSeg(nn.Module):

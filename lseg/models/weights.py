@@ -110,3 +110,24 @@ def locate(src: WeightSource, weights_cache: str | None) -> str:
         f"pretrained weights for {src.what} ({src.repo_id}) not found in cache dir {cache_dir}; "
         f"fetch them on a machine with network: {PREPARE_CMD.format(dir=cache_dir)}"
     )
+
+
+def prepare_cache(model_cfg, cache_dir: str, echo=print) -> str:
+    """Fill ``cache_dir`` with the backbone and text weights ``model_cfg`` needs; returns the cache dir.
+
+    Run on a login node: compute nodes then only :func:`locate` files, so a job never waits on the
+    network. Files already cached are left alone, so a rerun is cheap.
+    """
+    cache_dir = cache_dir_for(cache_dir)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    for src in (timm_source(model_cfg.backbone), open_clip_source(model_cfg.text.arch, model_cfg.text.pretrained)):
+        path = find_cached(src, cache_dir)
+        if path is not None:
+            echo(f"cached     {src.what}: {path}")
+            continue
+        if offline():
+            raise WeightsError(f"{src.what} is not in {cache_dir} and HF_HUB_OFFLINE is set; "
+                               "run this on a machine with network access")
+        echo(f"fetching   {src.what} from {src.repo_id} ...")
+        echo(f"downloaded {src.what}: {download(src, cache_dir)}")
+    return cache_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from lseg.checkpoint_io import FORMAT, load_checkpoint, save_atomic
@@ -105,6 +106,81 @@ def test_eval_sweep_bad_label_sets_and_config(tools, files, synthetic_root, tmp_
     assert f"malformed YAML in {bad_yaml}" in one_error_line(capsys)
     assert sweep.main([*base, "data.root=/nonexistent/mseg", "--protocols", "whole"]) == 2
     assert "data.root not found: /nonexistent/mseg" in one_error_line(capsys)
+
+
+def _argparse_error(capsys, main, argv) -> str:
+    """A flag argparse refuses: exit 2, usage plus one error line last, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_eval_sweep_validates_every_flag(tools, files, synthetic_root, tmp_path, capsys):
+    sweep = tools["eval_sweep"]
+    base = ["--checkpoints", str(files["good"]), "--config", str(SMOKE), "--output-dir", str(tmp_path / "s"),
+            f"data.root={synthetic_root}", "--datasets", ADE]
+    for flags, needle in [(["--protocols", "official", "--scales", "-1"], "argument --scales: must be > 0, got -1"),
+                          (["--scales", "0"], "argument --scales: must be > 0, got 0"),
+                          (["--scales"], "argument --scales: expected at least one argument"),
+                          (["--max-samples", "0"], "argument --max-samples: must be > 0, got 0"),
+                          (["--stride", "0"], "argument --stride: must be > 0"),
+                          (["--crop-size", "-5"], "argument --crop-size: must be > 0"),
+                          (["--base-size", "x"], "argument --base-size: expected an integer, got 'x'"),
+                          (["--window-batch", "0"], "argument --window-batch: must be > 0"),
+                          (["--num-workers", "-1"], "argument --num-workers: must be >= 0"),
+                          (["--last", "0"], "argument --last: must be > 0"),
+                          (["--protocols", "multi"], "argument --protocols: invalid choice: 'multi'"),
+                          (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+                          (["--device", "tpu"], "argument --device: invalid choice: 'tpu'")]:
+        line = _argparse_error(capsys, sweep.main, [*base, *flags])
+        assert line.startswith("tools/eval_sweep.py: error: ") and needle in line, line
+    assert sweep.main([*base, "--stride", "97", "--protocols", "official", "--scales", "1"]) == 2
+    assert one_error_line(capsys) == "error: protocol official: stride must be in (0, crop size 96], got 97"
+    assert sweep.main([*base, "--crop-size", "32", "--stride", "40"]) == 2
+    assert one_error_line(capsys) == "error: protocol single: stride must be in (0, crop size 32], got 40"
+    assert sweep.main([*base, "--last", "2"]) == 2
+    assert one_error_line(capsys) == "error: --last needs --run-dir"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000010.pt").write_bytes(files["good"].read_bytes())
+    assert sweep.main(["--run-dir", str(run), "--last", "3", *base[2:]]) == 2
+    line = one_error_line(capsys)
+    assert "cannot select the last 3 checkpoint(s)" in line and "has 1 (steps 10)" in line
+    assert sweep.main(["--run-dir", str(tmp_path / "empty"), *base[2:]]) == 2
+    assert "no step checkpoints (step_*.pt) found" in one_error_line(capsys)
+    line = _argparse_error(capsys, sweep.main, [*base, "--submit", "--nodes", "0"])
+    assert "argument --nodes: must be > 0, got 0" in line
+    assert sweep.main([*base, "--submit", "--dry-run", "--timeout", "5", "--signal-delay-s", "300"]) == 2
+    assert one_error_line(capsys).startswith("error: --signal-delay-s 300 is not shorter than --timeout (5 min)")
+    assert not (tmp_path / "s").exists()  # nothing written by a refused command
+
+
+def test_predict_validates_every_flag(tools, files, tmp_path, capsys):
+    pred = tools["predict"]
+    base = ["--checkpoint", str(files["good"]), "--image", str(files["jpeg"]), "--labels", "a,b",
+            "--output", str(tmp_path / "p")]
+    for flags, needle in [(["--scales", "-1"], "argument --scales: must be > 0, got -1"),
+                          (["--scales"], "argument --scales: expected at least one argument"),
+                          (["--base-size", "0"], "argument --base-size: must be > 0"),
+                          (["--crop-size", "0"], "argument --crop-size: must be > 0"),
+                          (["--stride", "-3"], "argument --stride: must be > 0"),
+                          (["--alpha", "x"], "argument --alpha: invalid float value: 'x'"),
+                          (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+                          (["--device", "tpu"], "argument --device: invalid choice: 'tpu'")]:
+        line = _argparse_error(capsys, pred.main, [*base, *flags])
+        assert line.startswith("tools/predict.py: error: ") and needle in line, line
+    for alpha in ("1.5", "-0.1", "nan"):
+        assert pred.main([*base, "--alpha", alpha]) == 2
+        assert one_error_line(capsys) == f"error: --alpha must be in [0, 1], got {float(alpha):g}"
+    assert pred.main([*base, "--stride", "97"]) == 2
+    assert one_error_line(capsys) == "error: protocol single: stride must be in (0, crop size 96], got 97"
+    assert pred.main([*base, "data.root=/x"]) == 2
+    assert one_error_line(capsys).startswith("error: predict.py takes no config overrides")
+    assert pred.main([*base, "--labels-file", str(tmp_path / "l.txt")]) == 2
+    assert one_error_line(capsys) == "error: give exactly one of --labels and --labels-file"
+    assert not (tmp_path / "p").exists()
 
 
 def test_convert_and_synthetic_bad_input(tools, files, tmp_path, capsys, monkeypatch):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from lseg.checkpoint_io import load_checkpoint
 from lseg.config import load_config
-from lseg.engine.checkpoint import CheckpointManager
+from lseg.checkpoints.manager import CheckpointManager
 
 from helpers import SMOKE, ADE, ADE_DIR, base_overrides, train_cmd, evil_checkpoint, broken_copy, ade_files, assert_one_line, limit_file_size, free_port, steps_logged
 

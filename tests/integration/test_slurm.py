@@ -2,12 +2,17 @@
 
 What is checked, on the smoke config shrunk to 60 steps of 32 px crops (gloo, 1 task per node):
 1. ``sbatch slurm/train_mseg.sh`` on 2 nodes runs to completion: checkpoints, TensorBoard events,
-   the final eval, and both ranks took part. Its final weights are the reference for 2. and 3.
+   the final eval, and both ranks took part. Its final weights are the reference for the others.
 2. Preemption: the same job, preempted by a job in the higher-priority partition, saves, is
    requeued by the script, resumes, and ends with bit-identical weights.
 3. ``tools/submit.py --nodes 2``, interrupted by its real time limit: submitit requeues it, it
    resumes, the result is read back through submitit, and the weights are again bit-identical.
-4. ``tools/eval_sweep.py --submit`` on the reference run: one job-array task per cell, with the same
+4. The signal contract, for both launchers, with loader workers: ``scancel --signal=USR2`` saves and
+   requeues; ``scancel`` saves at the step in flight and ends the job (CANCELLED, never requeued);
+   a new job on the same run dir resumes from that save and ends bit-identical.
+5. A rank killed with ``kill -9`` while the other one is frozen ends the job within seconds, for
+   both launchers (only ``srun --kill-on-bad-exit`` can end the frozen one).
+6. ``tools/eval_sweep.py --submit`` on the reference run: one job-array task per cell, with the same
    confusion matrices as the sweep run locally.
 
 The tests skip where Slurm or root is missing, except under CI (CI=true), where that is a failure.
@@ -18,20 +23,18 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
-from helpers import REPO  # noqa: E402
-HARNESS = REPO / "tests" / "slurm_cluster.sh"
+from helpers import REPO, steps_logged  # noqa: E402
+from slurm_harness import JOB_TIMEOUT_S, Cluster, wait_for  # noqa: E402 - the `cluster` fixture: integration/conftest.py
 MAX_STEPS = 60
 TINY = [  # ~0.7 s per step with 2 ranks on 2 shared cores; startup ~25 s
     f"train.max_steps={MAX_STEPS}", "train.ckpt_every=10", "eval.every=0", "log.every=5",
@@ -39,109 +42,6 @@ TINY = [  # ~0.7 s per step with 2 ranks on 2 shared cores; startup ~25 s
     "data.num_workers=0", "eval.batch_size=2", "eval.max_samples=2", "optim.warmup_steps=2",
 ]
 CPU_JOB = ["--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"]
-JOB_TIMEOUT_S = 300
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip with a visible reason locally; in CI a missing cluster must not pass silently."""
-    if in_ci():
-        pytest.fail(f"Slurm tests cannot run in CI: {reason}")
-    pytest.skip(reason)
-
-
-# ------------------------------------------------------------------------------------ cluster
-
-
-class Cluster:
-    """Runs Slurm client commands against the test cluster."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def cmd(self, *args: str, check: bool = True, timeout: float = 60) -> str:
-        proc = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
-        return proc.stdout.strip()
-
-    def sbatch(self, *args: str) -> str:
-        return self.cmd("sbatch", "--parsable", *args).split(";")[0]
-
-    def state(self, job: str) -> tuple[str, str]:
-        """(state, reason) from squeue, or (sacct state, "") once the job has left the queue."""
-        line = self.cmd("squeue", "-h", "-j", job, "-o", "%T|%r", check=False)
-        if line:
-            state, _, reason = line.partition("|")
-            return state, reason
-        acct = self.cmd("sacct", "-X", "-n", "-P", "-j", job, "-o", "State", check=False)
-        return (acct.splitlines()[0].split()[0] if acct else "UNKNOWN"), ""
-
-    def release_if_held(self, job: str, released: dict[str, float]) -> None:
-        """A requeued job is held ~121 s (BeginTime): let it start in 3 s.
-
-        Never StartTime=now: a restart in the same second as the requeue is rejected by slurmd and
-        the job fails. Release at most every 15 s, since each update moves the start time again.
-        """
-        state, reason = self.state(job)
-        if state == "PENDING" and reason == "BeginTime" and time.time() - released.get(job, 0) > 15:
-            self.cmd("scontrol", "update", f"jobid={job}", "StartTime=now+3")
-            released[job] = time.time()
-
-    def wait_done(self, job: str, timeout: float = JOB_TIMEOUT_S) -> str:
-        """Wait until the job leaves the queue (releasing requeue holds); its final sacct state."""
-        released: dict[str, float] = {}
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            self.release_if_held(job, released)
-            state, _ = self.state(job)
-            if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED"):
-                # sacct lags squeue by a second or two
-                time.sleep(2)
-                return self.state(job)[0]
-            time.sleep(1)
-        raise AssertionError(f"job {job} not finished after {timeout} s (state {self.state(job)})")
-
-    def cancel_all(self, *jobs: str) -> None:
-        if jobs:
-            self.cmd("scancel", *jobs, check=False)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory):
-    """Start the 2-node cluster for the session (reusing one that is already up) and stop it."""
-    if sys.platform != "linux":
-        skip_or_fail("needs Linux")
-    if os.geteuid() != 0:
-        skip_or_fail("needs root to run slurmctld/slurmd/munged")
-    missing = [b for b in ("sbatch", "slurmctld", "slurmd", "munged", "slurmdbd", "mariadbd") if not shutil.which(b)]
-    if missing:
-        skip_or_fail(f"Slurm is not installed (missing {', '.join(missing)}); run tests/ci_setup_slurm.sh")
-    env = dict(os.environ)
-    for key in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
-        del env[key]  # never inherit an outer allocation
-    env.setdefault("MSEG_ROOT", str((REPO.parent / "shared" / "mseg").resolve()))
-    already_up = subprocess.run(["bash", str(HARNESS), "status"], env=env, capture_output=True).returncode == 0
-    started = subprocess.run(["bash", str(HARNESS), "start"], env=env, capture_output=True, text=True, timeout=180)
-    if started.returncode != 0:
-        pytest.fail(f"could not start the Slurm test cluster:\n{started.stderr[-2000:]}")
-    env["SLURM_CONF"] = started.stdout.strip().split("=", 1)[1]
-    try:
-        yield Cluster(env)
-    finally:
-        if not already_up:
-            subprocess.run(["bash", str(HARNESS), "stop"], env=env, capture_output=True, timeout=180)
 
 
 @pytest.fixture(scope="session")
@@ -154,10 +54,28 @@ def overrides(data_root: Path) -> list[str]:
     return [f"data.root={data_root}", *TINY]
 
 
-def sbatch_train(cluster: Cluster, run_dir: Path, data_root: Path, *sbatch_args: str) -> str:
+def sbatch_train(cluster: Cluster, run_dir: Path, data_root: Path, *train_args: str) -> str:
+    """``sbatch slurm/train_mseg.sh`` on 2 nodes (CPU); the job id."""
     return cluster.sbatch(*CPU_JOB, "--time=10", f"--output={run_dir.parent / (run_dir.name + '.sbatch.out')}",
-                          *sbatch_args, str(REPO / "slurm" / "train_mseg.sh"),
-                          "--config", "configs/smoke.yaml", "--output-dir", str(run_dir), *overrides(data_root))
+                          str(REPO / "slurm" / "train_mseg.sh"), "--config", "configs/smoke.yaml",
+                          "--output-dir", str(run_dir), *overrides(data_root), *train_args)
+
+
+def submitit_train(cluster: Cluster, run_dir: Path, data_root: Path, *train_args: str) -> str:
+    """``tools/submit.py`` on 2 nodes (CPU); the job id."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "submit.py"), "--config", str(REPO / "configs" / "smoke.yaml"),
+         "--output-dir", str(run_dir), "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
+         "--partition", "debug", "--timeout", "10", "--signal-delay-s", "90", *overrides(data_root), *train_args],
+        env=cluster.env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"submitted job (\d+)", proc.stdout)
+    assert match, proc.stdout
+    assert str(run_dir) in proc.stdout and f"{match.group(1)}_0_log.out" in proc.stdout
+    return match.group(1)
+
+
+LAUNCHERS = {"sbatch": sbatch_train, "submitit": submitit_train}
 
 
 def final_checkpoint(run_dir: Path) -> dict:
@@ -177,7 +95,10 @@ def assert_same_weights(run_dir: Path, reference: Path) -> None:
 
 
 def job_log(run_dir: Path, job: str) -> str:
-    return (run_dir / "slurm" / f"job-{job}.out").read_text()
+    """The sbatch script's log (batch shell and every rank), or submitit's rank-0 stdout + stderr."""
+    if (run_dir / "slurm").is_dir():
+        return _read(run_dir / "slurm" / f"job-{job}.out")
+    return "".join(_read(run_dir / "submitit" / job / f"{job}_0_log.{ext}") for ext in ("out", "err"))
 
 
 @pytest.fixture(scope="session")
@@ -246,16 +167,7 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(cluster: Cluster, data
     import submitit
 
     run_dir = tmp_path / "submitit"
-    submit = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "submit.py"), "--config", str(REPO / "configs" / "smoke.yaml"),
-         "--output-dir", str(run_dir), "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
-         "--partition", "debug", "--timeout", "10", "--signal-delay-s", "90", *overrides(data_root)],
-        env=cluster.env, capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert submit.returncode == 0, submit.stderr
-    match = re.search(r"submitted job (\d+)", submit.stdout)
-    assert match, submit.stdout
-    job = match.group(1)
-    assert str(run_dir) in submit.stdout and f"{job}_0_log.out" in submit.stdout
+    job = submitit_train(cluster, run_dir, data_root)
     try:
         # Once the first checkpoint is written the trainer is mid-run. Then cut the time limit
         # so that the real time-limit signal (USR2, 90 s before the end) is due at slurmctld's
@@ -264,7 +176,7 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(cluster: Cluster, data
         # machine is; the pause does not change what is computed.
         wait_for(lambda: (run_dir / "checkpoints" / "step_00000010.pt").exists(), JOB_TIMEOUT_S,
                  "the first checkpoint")
-        tasks = task_pids(job)
+        tasks = list(rank_pids(job).values())
         assert len(tasks) == 2, f"expected 2 trainer processes for job {job}, found {tasks}"
         with frozen(tasks):
             elapsed = _seconds(cluster.cmd("squeue", "-h", "-j", job, "-o", "%M"))
@@ -287,6 +199,69 @@ def test_submitit_time_limit_requeues_and_resumes_exactly(cluster: Cluster, data
     resumed = re.findall(rf"from step (\d+) to {MAX_STEPS}", train_log)
     assert len(resumed) == 2 and 10 <= int(resumed[1]) < MAX_STEPS, train_log[-3000:]
     assert_same_weights(run_dir, reference_run[0])
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_usr2_requeues_scancel_saves_and_ends_and_a_new_job_resumes_exactly(
+        launcher: str, cluster: Cluster, data_root: Path, reference_run, tmp_path: Path) -> None:
+    """The signal contract of both launchers. Loader workers run too: Slurm signals them as well."""
+    run_dir, start = tmp_path / launcher, LAUNCHERS[launcher]
+    log = run_dir / "log.txt"
+    settings = ("data.num_workers=1", "log.every=1")  # neither changes what is computed
+    job = start(cluster, run_dir, data_root, *settings)
+    again = ""
+    try:
+        # scancel --signal=USR2 (what Slurm sends before the time limit): save, requeue, resume
+        wait_for(lambda: (run_dir / "checkpoints" / "step_00000010.pt").exists(), JOB_TIMEOUT_S,
+                 "the first checkpoint")
+        cluster.cmd("scancel", "--signal=USR2", job)
+        wait_for(lambda: cluster.state(job) == ("PENDING", "BeginTime"), 120, "the requeue")
+        cluster.cmd("scontrol", "update", f"JobId={job}", "StartTime=now+3")
+        wait_for(lambda: len(steps_after_start(_read(log), 2)) > 0, JOB_TIMEOUT_S, "the resumed run's first step")
+        # scancel: save the step in flight and end the job, never requeued
+        before = steps_logged(_read(log))[-1]
+        cluster.cmd("scancel", job)
+        state = cluster.wait_done(job)
+        history = cluster.history(job)
+        cancelled_log = job_log(run_dir, job)
+        saved = final_checkpoint(run_dir)["step"]
+        # a new job on the same run dir resumes from that save
+        again = start(cluster, run_dir, data_root, *settings)
+        final_state = cluster.wait_done(again)
+    finally:
+        cluster.cancel_all(job, *([again] if again else []))
+    text = _read(log)
+    assert "stop signal (SIGUSR2) received" in text and "exiting for requeue" in text, text[-3000:]
+    assert (state, history) == ("CANCELLED", ["REQUEUED", "CANCELLED"]), (state, history, cancelled_log[-3000:])
+    assert before < saved < MAX_STEPS, (before, saved)
+    assert f"stop signal (SIGTERM) received: saving at step {saved} and ending the run (no requeue)" in text
+    if launcher == "sbatch":
+        assert cancelled_log.count("=== requeueing job") == 1, cancelled_log[-3000:]  # for USR2 only
+        assert "batch shell got SIGTERM" in cancelled_log and "stopped, not requeueing" in cancelled_log
+    assert final_state == "COMPLETED", job_log(run_dir, again)[-3000:]
+    assert re.findall(rf"from step (\d+) to {MAX_STEPS}", text)[-1] == str(saved)
+    assert_same_weights(run_dir, reference_run[0])
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_a_dead_rank_ends_the_job_within_seconds(launcher: str, cluster: Cluster, data_root: Path,
+                                                 tmp_path: Path) -> None:
+    """kill -9 of rank 1 while rank 0 is frozen: only srun --kill-on-bad-exit can end rank 0."""
+    run_dir = tmp_path / launcher
+    job = LAUNCHERS[launcher](cluster, run_dir, data_root)
+    try:
+        wait_for(lambda: steps_logged(_read(run_dir / "log.txt")), JOB_TIMEOUT_S, "the first steps")
+        ranks = rank_pids(job)
+        assert sorted(ranks) == [0, 1], ranks
+        with frozen([ranks[0]]):
+            os.kill(ranks[1], signal.SIGKILL)
+            killed = time.time()
+            state = cluster.wait_done(job, timeout=120)
+            seconds = time.time() - killed
+    finally:
+        cluster.cancel_all(job)
+    assert (state, cluster.history(job)) == ("FAILED", ["FAILED"]), job_log(run_dir, job)[-3000:]
+    assert seconds < 30, seconds
 
 
 def test_eval_sweep_submit_runs_one_array_task_per_cell(cluster: Cluster, data_root: Path, reference_run,
@@ -329,6 +304,12 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+def steps_after_start(log: str, start: int) -> list[int]:
+    """Steps logged in ``log.txt`` since the ``start``-th time a trainer started (1 = the first)."""
+    parts = re.split(r"training \S+ from step \d+ to \d+", log)
+    return steps_logged(parts[start]) if len(parts) > start else []
+
+
 def _seconds(elapsed: str) -> int:
     """squeue %M ("[days-][hours:]minutes:seconds") -> seconds."""
     days, _, clock = elapsed.rpartition("-")
@@ -338,19 +319,25 @@ def _seconds(elapsed: str) -> int:
     return total + int(days or 0) * 86400
 
 
-def task_pids(job: str) -> list[int]:
-    """The job's Python task processes on this machine (found through SLURM_JOB_ID in /proc)."""
-    pids = []
+def rank_pids(job: str) -> dict[int, int]:
+    """{rank: pid} of the job's trainer processes on this machine, under either launcher.
+
+    Found through SLURM_JOB_ID in /proc; loader workers (children of a trainer, same command line
+    and environment) are left out.
+    """
+    found: dict[int, tuple[int, int]] = {}  # pid -> (rank, parent pid)
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except (OSError, ValueError):
+            environ = dict(e.split(b"=", 1) for e in (proc / "environ").read_bytes().split(b"\0") if b"=" in e)
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if (Path(argv[0].decode()).name.startswith("python") and b"submitit.core._submit" in argv
-                and f"SLURM_JOB_ID={job}".encode() in environ):
-            pids.append(int(proc.name))
-    return sorted(pids)
+        if (Path(argv[0].decode(errors="replace")).name.startswith("python")
+                and (b"submitit.core._submit" in argv or b"lseg.train" in argv)
+                and environ.get(b"SLURM_JOB_ID") == job.encode()):
+            found[int(proc.name)] = (int(environ[b"SLURM_PROCID"]), parent)
+    return {rank: pid for pid, (rank, parent) in found.items() if parent not in found}
 
 
 def signal_reached(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe loading, retention bookkeeping, resume selection."""
+"""Checkpoint files: atomic writes, safe loading, retention, resume choice, run listing, payload and EMA keys."""
 import json
 import os
 
@@ -6,9 +6,13 @@ import pytest
 import torch
 
 from lseg.checkpoint_io import CheckpointError, load_checkpoint, save_atomic
-from lseg.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
+from lseg.checkpoints import list_run_checkpoints, read_index, select_last, select_top, step_filename, step_of
+from lseg.checkpoints.manager import CheckpointManager
+from lseg.checkpoints.payload import checkpoint_payload, ema_image_state, model_weights, rng_state, set_rng_state
 from lseg.engine.optim import lr_factor
 from lseg.config import OptimConfig
+
+from helpers import fake_run
 
 
 def _state(step):
@@ -128,3 +132,79 @@ def test_lr_schedule_warmup_then_poly():
     assert lr_factor(100, 100, cfg) == 0.0
     floor = OptimConfig(lr=0.01, min_lr=0.001)
     assert lr_factor(100, 100, floor) == pytest.approx(0.1)
+
+
+def test_step_file_names():
+    assert step_filename(1200) == "step_00001200.pt" and step_of("x/step_00001200.pt") == 1200
+    assert step_filename(123456789) == "step_123456789.pt" and step_of("step_123456789.pt") == 123456789
+    assert [step_of(n) for n in ("last.pt", "best.pt", "step_12.pt", "step_00000012.pt.tmp", "avg.pt")] == [None] * 5
+
+
+def test_index_reader_reads_what_the_manager_writes(tmp_path):
+    mgr = CheckpointManager(tmp_path, keep_last=5)
+    mgr.save(_state(10), 10)
+    mgr.save(_state(20), 20, metrics={"train/loss": 2.5})
+    mgr.record_metrics(10, {"eval/mIoU": 0.25})
+    assert read_index(tmp_path / "checkpoints") == {
+        "checkpoints": [{"path": "step_00000010.pt", "step": 10, "metrics": {"eval/mIoU": 0.25}},
+                        {"path": "step_00000020.pt", "step": 20, "metrics": {"train/loss": 2.5}}],
+        "best": {"step": 10, "path": "step_00000010.pt", "metric": "eval/mIoU", "value": 0.25}}
+    (tmp_path / "checkpoints/index.json").write_text(json.dumps({"checkpoints": [{"step": "x"}, 7], "best": 3}))
+    assert read_index(tmp_path / "checkpoints") == {"checkpoints": [], "best": None}
+    assert read_index(tmp_path / "elsewhere") == {"checkpoints": [], "best": None}
+
+
+def test_list_run_checkpoints_files_index_and_metrics_log(tmp_path):
+    run = fake_run(tmp_path)
+    ckpts = list_run_checkpoints(run)
+    assert [(c.path.name, c.step) for c in ckpts] == [(f"step_{s:08d}.pt", s) for s in (100, 200, 300, 400)]
+    assert [c.metrics for c in ckpts] == [{"eval/mIoU": 0.2}, {"eval/mIoU": 0.5}, {"eval/mIoU": 0.4},
+                                          {"eval/mIoU": 0.1}]  # 300 from metrics.jsonl; last.pt skipped
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 200, "eval/mIoU": 0.9}) + "\n")
+    assert list_run_checkpoints(run)[1].metrics == {"eval/mIoU": 0.5}  # the index wins over the log
+    (run / "checkpoints/index.json").write_text("{not json")
+    assert [c.step for c in list_run_checkpoints(run)] == [100, 200, 300, 400]  # the files are the truth
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 'nope'}: no step checkpoints"):
+        list_run_checkpoints(tmp_path / "nope")
+    (tmp_path / "empty/checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="empty/checkpoints: no step checkpoints"):
+        list_run_checkpoints(tmp_path / "empty")
+
+
+def test_selection_never_returns_fewer_than_asked(tmp_path):
+    run = fake_run(tmp_path)
+    ckpts = list_run_checkpoints(run)
+    assert [c.step for c in select_last(ckpts, 2)] == [300, 400]
+    assert [c.step for c in select_last(ckpts, 4)] == [100, 200, 300, 400]
+    assert [c.step for c in select_top(ckpts, 2, "eval/mIoU")] == [200, 300]
+    assert [c.step for c in select_top(ckpts, 2, "eval/mIoU", maximize=False)] == [100, 400]
+    for n in (0, -1, 5):
+        with pytest.raises(CheckpointError, match=rf"cannot select the last {n} checkpoint\(s\): {run} has 4 "):
+            select_last(ckpts, n)
+    ckpts[0].metrics.clear()
+    ckpts[2].metrics["eval/mIoU"] = float("nan")
+    with pytest.raises(CheckpointError, match=rf"top 3 checkpoint\(s\) by 'eval/mIoU': 2 of the 4 in {run} have it recorded \(steps 200, 400\)"):
+        select_top(ckpts, 3, "eval/mIoU")
+    with pytest.raises(CheckpointError, match="top 0 "):
+        select_top(ckpts, 0, "eval/mIoU")
+    with pytest.raises(CheckpointError, match="no checkpoint has a recorded 'eval/nope' .recorded: eval/mIoU."):
+        select_top(ckpts, 2, "eval/nope")
+
+
+def test_payload_and_the_ema_key_rule():
+    model = {"image.w": torch.zeros(2), "image.n": torch.tensor(3), "text.t": torch.ones(1)}
+    payload = checkpoint_payload(model, {"model": {}}, ema={"w": torch.full((2,), 5.0)}, step=7)
+    assert set(payload) == {"format", "model", "config", "ema", "step"} and payload["format"] == "lseg-hpc"
+    assert list(payload["ema"]) == ["image.w"]  # saved with the model's prefix
+    assert list(ema_image_state(payload)) == ["w"]  # back to the image module's own names
+    assert model_weights(payload, "p.pt", use_ema=False) is model
+    merged = model_weights(payload, "p.pt", use_ema=True)
+    assert torch.equal(merged["image.w"], torch.full((2,), 5.0)) and merged["text.t"] is model["text.t"]
+    unprefixed = {**payload, "ema": {"w": torch.ones(2)}}  # an image module's own state dict
+    assert torch.equal(model_weights(unprefixed, "p.pt", use_ema=True)["image.w"], torch.ones(2))
+    with pytest.raises(CheckpointError, match="p.pt: EMA key 'image.gone' has no counterpart"):
+        model_weights({**payload, "ema": {"image.gone": torch.ones(1)}}, "p.pt", use_ema=True)
+    with pytest.raises(CheckpointError, match="p.pt: EMA weights requested but the checkpoint has no 'ema'"):
+        model_weights({"model": model}, "p.pt", use_ema=True)
+    with pytest.raises(CheckpointError, match="p.pt: no 'model' state dict"):
+        model_weights({"w": torch.zeros(1)}, "p.pt", use_ema=False)

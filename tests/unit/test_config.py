@@ -95,3 +95,18 @@ def test_cli_rejects_bad_value_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error (rank ?): optim.lr: must be > 0, got -1.0"]
     assert not out.exists()
+
+
+def test_retired_keys_in_saved_configs_are_dropped_with_a_warning(tmp_path, caplog):
+    """Run dirs and checkpoints written before a key was retired still load; typing it is an error."""
+    from lseg.config import ConfigError, RETIRED_KEYS
+
+    assert "log.image_every" in RETIRED_KEYS
+    old = tmp_path / "config.yaml"
+    old.write_text("log:\n  every: 5\n  image_every: 100\n")
+    with caplog.at_level("WARNING", logger="lseg"):
+        cfg = load_config(old)
+    assert cfg.log.every == 5 and not hasattr(cfg.log, "image_every")
+    assert "log.image_every' is retired" in caplog.text
+    with pytest.raises(ConfigError, match="unknown config key 'log.image_every'"):
+        load_config(None, ["log.image_every=3"])

@@ -442,3 +442,45 @@ def test_benchmark_loader_reports_rates(syn, mseg_root):
     res = benchmark_loader(cfg, num_workers=0, num_batches=3, warmup_batches=1, batch_size=4)
     assert res["num_images"] == 12 and res["num_workers"] == 0 and res["crop_size"] == 96
     assert res["images_per_s"] > 0 and res["images_per_s_per_worker"] == res["images_per_s"]
+
+
+_SIGNALLED_LOADER = r"""
+import sys
+from lseg.config import load_config
+from lseg.data import build_train_loader
+from lseg.engine.preemption import PreemptionFlag
+
+cfg = load_config(sys.argv[1], [f"data.root={sys.argv[2]}", "data.num_workers=2", "train.batch_size=4",
+                                "data.crop_size=32", "data.base_size=36"])
+flag = PreemptionFlag()
+batches = 0
+for epoch in range(6):
+    it = iter(build_train_loader(cfg, 0, 1, epoch=epoch))
+    print("workers started", flush=True)
+    batches += sum(1 for _ in it)
+print(f"batches {batches} stop {flag.stop_signal} requeue {flag.requeue_signal}", flush=True)
+"""
+
+
+def test_loader_workers_outlive_stop_signals_sent_as_they_start(syn):
+    """Slurm signals every process of a job; a worker must not die of it, even one that is just
+    starting (each epoch starts new workers). The signals reach the trainer's flag instead."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SIGNALLED_LOADER, str(REPO / "configs/smoke.yaml"), str(syn)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for epoch, line in enumerate(proc.stdout):
+            if line.startswith("workers started"):  # send from here: not the workers' parent
+                os.killpg(proc.pid, signal.SIGTERM if epoch % 2 else signal.SIGUSR2)
+            else:
+                last = line.strip()
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=120) == 0, stderr
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert last == f"batches {6 * (2 * NUM_TRAIN // 4)} stop SIGTERM requeue SIGUSR2", (last, stderr)

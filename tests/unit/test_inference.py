@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lseg.inference import (
-    OFFICIAL_SCALES, ConfusionAccumulator, Protocol, infer, logits_fn, official_protocol,
+    OFFICIAL_SCALES, Protocol, ProtocolError, infer, logits_fn, official_protocol,
     reduce_prompts, scaled_size, single_protocol, sliding_window, whole_image, whole_protocol,
     window_starts,
 )
@@ -162,6 +162,14 @@ def test_protocol_validation():
         Protocol(scales=())
     with pytest.raises(ValueError):
         Protocol(crop_size=32, stride=40)
+    for bad, match in [({"scales": (1.0, -1.0)}, "scales must be positive"),
+                       ({"scales": (float("nan"),)}, "scales must be positive"),
+                       ({"scales": (float("inf"),)}, "scales must be positive"),
+                       ({"base_size": 0}, "base size must be > 0"), ({"crop_size": 0}, "crop size must be > 0"),
+                       ({"crop_size": 32, "stride": 33}, r"stride must be in \(0, crop size 32\], got 33"),
+                       ({"window_batch": 0}, "window batch must be >= 1")]:
+        with pytest.raises(ProtocolError, match=match):  # a user error: one line, no traceback
+            Protocol(**bad)
     assert official_protocol().effective_stride == 320
     assert official_protocol().describe()["scales"] == "0.5,0.75,1,1.25,1.5,1.75"
 
@@ -206,14 +214,21 @@ def test_logits_fn_encodes_text_once():
     assert torch.equal(out, img[:, :2])
 
 
-def test_confusion_accumulator_adds_images():
-    acc = ConfusionAccumulator(3)
-    acc.update(torch.tensor([[0, 1]]), torch.tensor([[0, 2]]))
-    acc.update(torch.tensor([[2, 2]]), torch.tensor([[2, 255]]))
-    expected = torch.zeros(3, 3, dtype=torch.int64)
-    for t, p in [(0, 0), (2, 1), (2, 2)]:
-        expected[t, p] += 1
-    assert torch.equal(acc.matrix, expected)
+def test_logits_fn_autocasts_the_image_side_and_returns_fp32():
+    seen = []
+
+    class Image(torch.nn.Module):
+        def forward(self, x, feats):
+            y = torch.nn.functional.linear(x.permute(0, 2, 3, 1), torch.eye(3))  # autocast-eligible op
+            seen.append(y.dtype)
+            return y.permute(0, 3, 1, 2)
+
+    model = _TinyLSeg()
+    model.image = Image()
+    out = logits_fn(model, ["a"], "bf16")(torch.ones(1, 3, 2, 2))
+    assert seen == [torch.bfloat16] and out.dtype == torch.float32
+    logits_fn(model, ["a"], "fp32")(torch.ones(1, 3, 2, 2))
+    assert seen[-1] == torch.float32
 
 
 def test_all_protocol_combinations_keep_shape():

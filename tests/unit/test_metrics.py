@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from lseg.metrics import confusion_matrix, segmentation_metrics
+from lseg.metrics import confusion_matrix, metrics_to_scalars, segmentation_metrics
 
 
 def _example():
@@ -50,3 +50,11 @@ def test_confusion_matrices_add_across_shards():
     whole = confusion_matrix(pred, target, 4)
     parts = confusion_matrix(pred[:3], target[:3], 4) + confusion_matrix(pred[3:], target[3:], 4)
     assert torch.equal(whole, parts)
+
+
+def test_metrics_to_scalars_reports_per_class_iou_of_ground_truth_classes():
+    # class 1 only predicted (IoU 0, in the mean), class 2 absent everywhere
+    conf = torch.tensor([[3, 1, 0], [0, 0, 0], [0, 0, 0]])
+    out = metrics_to_scalars(conf, ["a", "b", "c"], "eval/ade")
+    assert out == {"eval/ade/mIoU": 3 / 8, "eval/ade/pixel_acc": 3 / 4, "eval/ade/fwIoU": 3 / 4,
+                   "eval/ade_iou/a": 3 / 4}

@@ -1,6 +1,7 @@
 """lseg.models: shapes, exact parameter counts, gradients, precision, text cache, loading, weights."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from lseg.checkpoint_io import FORMAT, CheckpointError, save_atomic
 from lseg.config import ConfigError, load_config, to_dict
+from lseg.engine.loss import upsampled_segmentation_loss
 from lseg.models import LSeg, WeightsError, build_model, load_model
 from lseg.models.backbone import resize_pos_embed
 
@@ -152,16 +154,104 @@ def test_grad_checkpointing_gives_same_grads():
     for ckpt in (False, True):
         m.zero_grad(set_to_none=True)
         m.image.set_grad_checkpointing(ckpt)
-        assert m.image.backbone.grad_checkpointing is ckpt
+        assert m.image.backbone.grad_checkpointing is ckpt and m.image.decoder.grad_checkpointing is ckpt
         _loss(m, x, target).backward()
         grads.append({n: p.grad.clone() for n, p in m.image.named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def _batchnorm_state(m: LSeg) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in m.image.named_buffers() if n.rsplit(".", 1)[-1] in
+            ("running_mean", "running_var", "num_batches_tracked")}
+
+
+@pytest.mark.parametrize("arch_option", [0, 2])
+def test_checkpointed_step_updates_batchnorm_once(arch_option):
+    """One checkpointed training step (ViT blocks, reassemble, fusion blocks with BatchNorm, head, each
+    recomputed in backward) leaves the BatchNorm running statistics and batch counters exactly as
+    one plain step does, and gives the same gradients."""
+    torch.manual_seed(0)
+    plain = build_model(smoke_cfg(arch_option=arch_option, block_depth=2, learnable_logit_scale=True)).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.image.set_grad_checkpointing(True)
+    before = _batchnorm_state(plain)
+    x = torch.randn(2, 3, 64, 48)
+    target = torch.randint(0, 3, (2, 64, 48))
+    target[0, :16] = 255
+    for m in (plain, ckpt):
+        upsampled_segmentation_loss(m.image(x, m.text.encode(LABELS), upsample=False), target).backward()
+    after_plain, after_ckpt = _batchnorm_state(plain), _batchnorm_state(ckpt)
+    assert len(after_plain) == 3 * 14  # 7 residual units x 2 BatchNorms
+    for name, value in after_plain.items():
+        assert torch.equal(after_ckpt[name], value), name
+        if name.endswith("num_batches_tracked"):
+            assert int(value) == 1, name  # updated once, not once more by the recomputation
+        else:
+            assert not torch.equal(value, before[name]), name  # the step did update it
+    for (name, p), q in zip(plain.image.named_parameters(), ckpt.image.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_checkpointing_keeps_far_fewer_tensors_for_backward():
+    """What autograd holds between forward and backward (saved tensors, parameters excluded): with
+    checkpointing only the inputs of the recomputed regions remain."""
+    torch.manual_seed(0)
+    m = build_model(smoke_cfg()).train()
+    params = {p.untyped_storage()._cdata for p in m.image.parameters()}
+    x, target = torch.randn(2, 3, 96, 96), torch.randint(0, 3, (2, 96, 96))
+
+    def saved_mb() -> float:
+        sizes: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            sizes[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            upsampled_segmentation_loss(m.image(x, m.text.encode(LABELS), upsample=False), target)
+        return sum(v for k, v in sizes.items() if k not in params) / 2**20
+
+    plain = saved_mb()
+    m.image.set_grad_checkpointing(True)
+    assert saved_mb() < plain / 5
+
+
+def test_half_resolution_logit_map(model):
+    """``upsample=False`` returns the map the loss upsamples; the official x2 bilinear upsample of it is
+    exactly what the default forward returns."""
+    x = torch.randn(2, 3, 64, 48)
+    text = model.text.encode(LABELS)
+    with torch.no_grad():
+        low = model.image(x, text, upsample=False)
+        assert low.shape == (2, 3, 32, 24) and low.dtype == torch.float32
+        up = F.interpolate(low, size=(64, 48), mode="bilinear", align_corners=True)
+        assert torch.equal(model.image(x, text), up)
+
+
+def test_scaled_cosine_gradient_matches_autograd_of_the_formula():
+    """The hand-written backward of the label dot-product equals autograd through F.normalize (float64),
+    including an all-zero pixel vector (norm clamped to 1e-12)."""
+    from lseg.models.lseg import _ScaledCosine
+
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 6, 3, 5, dtype=torch.float64)
+    pixels[0, :, 1, 1] = 0
+    pixels.requires_grad_()
+    text = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    ours = torch.autograd.grad(_ScaledCosine.apply(pixels, text), (pixels, text), grad)
+    want = torch.autograd.grad(torch.einsum("bchw,nc->bnhw", F.normalize(pixels, dim=1, eps=1e-12), text),
+                               (pixels, text), grad)
+    for a, b in zip(ours, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-9)
+    small = torch.randn(1, 6, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ScaledCosine.apply, (small, text))
+
+
 def test_grad_checkpointing_from_config():
     m = build_model(smoke_cfg(grad_checkpointing=True))
-    assert m.image.backbone.grad_checkpointing
+    assert m.image.backbone.grad_checkpointing and m.image.decoder.grad_checkpointing
 
 
 def test_bf16_autocast_logits_fp32(model):
