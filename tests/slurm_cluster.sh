@@ -5,7 +5,7 @@
 #
 # Why a real cluster: the launchers' interesting behaviour (srun rank layout, --signal delivery,
 # requeue, partition preemption, submitit reading job states through sacct) lives in Slurm itself,
-# so mocking it would test nothing. Needs root and tests/ci_setup_slurm.sh's packages.
+# so mocking it would test nothing. Needs root and tests/ci_setup.sh slurm's packages.
 #
 # Shape: "nodes" are several slurmd processes on this host named 127.0.0.1, 127.0.0.2, ... so the
 # first host of SLURM_JOB_NODELIST is a reachable address (the trainer's MASTER_ADDR) with no
@@ -189,7 +189,7 @@ cmd_start() {
   [[ $(id -u) == 0 ]] || { say "needs root"; exit 1; }
   local b
   for b in munged mungekey slurmctld slurmd sbatch; do
-    command -v "$b" >/dev/null || { say "$b not found: run tests/ci_setup_slurm.sh"; exit 1; }
+    command -v "$b" >/dev/null || { say "$b not found: run tests/ci_setup.sh slurm"; exit 1; }
   done
   ACCOUNTING=0
   have_accounting && ACCOUNTING=1

@@ -26,7 +26,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         skip_or_fail_in_ci("needs root to run slurmctld/slurmd/munged")
     missing = [b for b in ("sbatch", "slurmctld", "slurmd", "munged", "slurmdbd", "mariadbd") if not shutil.which(b)]
     if missing:
-        skip_or_fail_in_ci(f"Slurm is not installed (missing {', '.join(missing)}); run tests/ci_setup_slurm.sh")
+        skip_or_fail_in_ci(f"Slurm is not installed (missing {', '.join(missing)}); run tests/ci_setup.sh slurm")
     env = dict(os.environ)
     for key in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
         del env[key]  # never inherit an outer allocation

@@ -12,7 +12,7 @@ What is checked, with a smoke model trained for a few steps here:
 4. Cluster: ``--submit`` on the real Slurm test cluster and through submitit's local executor:
    the job publishes where it serves, the tunnel command is printed, and the page answers.
 
-The browser tests skip where Chromium is missing (run tests/ci_setup_browser.sh), except under CI.
+The browser tests skip where Chromium is missing (run tests/ci_setup.sh browser), except under CI.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_api_mask_equals_the_predict_tool(server, trained: Path, synthetic_root:
 def browser(app_extra):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
     if missing:
-        skip_or_fail_in_ci(f"{', '.join(missing)} missing: run tests/ci_setup_browser.sh")
+        skip_or_fail_in_ci(f"{', '.join(missing)} missing: run tests/ci_setup.sh browser")
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service

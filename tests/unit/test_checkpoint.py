@@ -9,8 +9,6 @@ from lseg.checkpoint_io import CheckpointError, load_checkpoint, save_atomic
 from lseg.checkpoints import list_run_checkpoints, read_index, select_last, select_top, step_filename, step_of
 from lseg.checkpoints.manager import CheckpointManager
 from lseg.checkpoints.payload import checkpoint_payload, ema_image_state, model_weights, rng_state, set_rng_state
-from lseg.engine.optim import lr_factor
-from lseg.config import OptimConfig
 
 from helpers import fake_run
 
@@ -122,16 +120,6 @@ def test_rng_state_round_trip_through_weights_only(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
-
-
-def test_lr_schedule_warmup_then_poly():
-    cfg = OptimConfig(lr=0.01, warmup_steps=10, warmup_factor=0.1, poly_power=0.9)
-    assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
-    assert lr_factor(5, 100, cfg) == pytest.approx((1 - 0.05) ** 0.9 * 0.55)
-    assert lr_factor(50, 100, cfg) == pytest.approx(0.5 ** 0.9)
-    assert lr_factor(100, 100, cfg) == 0.0
-    floor = OptimConfig(lr=0.01, min_lr=0.001)
-    assert lr_factor(100, 100, floor) == pytest.approx(0.1)
 
 
 def test_step_file_names():
