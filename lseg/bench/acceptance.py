@@ -32,7 +32,7 @@ import torch
 from lseg import data as lseg_data
 from lseg import runtime
 from lseg.bench.commands import variant_rows
-from lseg.bench.report import machine_info
+from lseg.bench.report import format_cell, machine_info
 from lseg.bench.step import build_trainer, measure_variants
 from lseg.bench.variants import Variant
 from lseg.config import Config, load_config
@@ -167,14 +167,6 @@ LOADER_COLUMNS = ["case", "batch", "steps", "workers", "img/s", "data_wait_%", "
 EVAL_COLUMNS = ["case", "images", "size", "labels", "scales", "flip", "img/s"]
 
 
-def _cell(x: Any) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
-    return str(x)
-
-
 def markdown(report: dict[str, Any]) -> str:
     """The human-readable summary: one table per kind of case, then what was skipped or failed."""
     def table(kind: str, columns: list[str]) -> str:
@@ -182,7 +174,7 @@ def markdown(report: dict[str, Any]) -> str:
         if not rows:
             return "(none finished)"
         return "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                         + ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows])
+                         + ["| " + " | ".join(format_cell(r.get(c)) for c in columns) + " |" for r in rows])
 
     m = report["machine"]
     other = [f"- {c['name']}: {c['status']}" + (f" ({c['error']})" if c.get("error") else "")

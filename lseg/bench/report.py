@@ -31,16 +31,18 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """Plain aligned text table; floats with 3 significant decimals, None as n/a."""
-    def cell(x: Any) -> str:
-        if x is None:
-            return "n/a"
-        if isinstance(x, float):
-            return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
-        return str(x)
+def format_cell(x: Any) -> str:
+    """One table cell: floats with 3 significant digits (whole numbers from 1000 on), None as n/a."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+    return str(x)
 
-    body = [[cell(r.get(c)) for c in columns] for r in rows]
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Plain aligned text table of ``rows`` (dicts) in ``columns`` order."""
+    body = [[format_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]
