@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lseg.cli import cli_main, non_negative_int, parse_args
+from lseg.cli import cli_main, non_negative_int
 from lseg.data.paths import SUPPORTED_DATASETS
 from lseg.data.synthetic import make_synthetic_mseg
 
@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="universal classes drawn from (shared by both datasets); 0 = each dataset's all")
     p.add_argument("--datasets", nargs="+", default=list(SUPPORTED_DATASETS), choices=SUPPORTED_DATASETS)
     p.add_argument("--mseg-root", default=None, help="mseg-api checkout (default: env MSEG_ROOT, else mseg/)")
-    args = parse_args(p, argv)
-    if args.overrides:
-        p.error(f"unexpected arguments: {' '.join(args.overrides)}")
+    args = p.parse_args(argv)  # no config here, so no key=value overrides: argparse refuses them
     if min(args.size) < 8:
         p.error(f"--size: both sides must be >= 8, got {args.size[0]} {args.size[1]}")
     counts = make_synthetic_mseg(args.output, args.num_train, args.num_val, tuple(args.size), args.seed,
