@@ -58,8 +58,23 @@ class ModelConfig:
 
 
 @dataclass
+class FolderConfig:
+    """Label encoding of the ``folder`` dataset (a user's own images/ + masks/ + classes.txt)."""
+
+    ignore_index: int = 255  # mask value that marks unlabelled pixels
+    zero_is: str = "class"  # class: value 0 is the first line of classes.txt | ignore: 0 unlabelled, k -> line k
+
+
+@dataclass
 class DataConfig:
-    root: str = "data/mseg_dataset"  # MSEG_DST_DIR/mseg_dataset
+    root: str = "data/mseg_dataset"  # parent folder of the datasets (MSEG_DST_DIR/mseg_dataset for MSeg)
+    # Per-dataset folder, overriding <root>/<the dataset's default folder>, e.g. {foodseg103: /data/FoodSeg103}
+    roots: dict[str, str] = field(default_factory=dict)
+    # Classes the run is trained and scored on: "universal" (MSeg taxonomy) or a registered dataset's own list
+    label_space: str = "universal"
+    # Label-space classes whose prompts never reach training and whose pixels are ignored (zero-shot measured)
+    holdout_classes: list[str] = field(default_factory=list)
+    folder: FolderConfig = field(default_factory=FolderConfig)
     mseg_root: str | None = None  # mseg-api checkout; None: env MSEG_ROOT, else ./mseg
     # Folder laid out like mseg-api's dataset_lists (<dataset>/list/<split>.txt). None: <root>/dataset_lists
     # when that exists (synthetic data), else <mseg_root>/mseg/dataset_lists.
@@ -122,6 +137,11 @@ class TrainConfig:
     # full-resolution logits, a few kernel launches per band.
     loss_chunks: int = 8
     fp16_init_scale: float = 65536.0  # GradScaler's first loss scale (fp16); halved at every overflow
+    # Start a new run from the weights of an lseg-hpc checkpoint (training, averaged or converted official):
+    # weights only, strict; resume from the run dir's own checkpoints takes precedence.
+    init_from: str | None = None
+    init_exclude: list[str] = field(default_factory=list)  # regexes of weight keys not taken from init_from
+    init_ema: bool = False  # take the source's EMA weights
 
 
 @dataclass
@@ -167,6 +187,7 @@ _CHOICES: dict[str, tuple] = {
     "model.arch_option": (0, 1, 2),
     "model.activation": ("relu", "lrelu", "tanh"),
     "data.on_bad_sample": ("skip", "error"),
+    "data.folder.zero_is": ("class", "ignore"),
     "optim.name": ("sgd", "adamw"),
     "train.precision": ("bf16", "fp16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -258,6 +279,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise errors[0] if len(errors) == 1 else ConfigError(
             f"{key}: expected {_type_name(tp)}, got {value!r}"
         )
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_convert(k, key_tp, f"{key} key"): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -348,7 +374,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 def _check_override_key(key: str) -> None:
     cls: Any = Config
     prefix = ""
-    for part in key.split("."):
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if typing.get_origin(cls) is dict and i == len(parts) - 1:
+            return  # data.roots.<name>=...: one entry of a mapping
         if not dataclasses.is_dataclass(cls):
             raise ConfigError(f"override '{key}': '{prefix.rstrip('.')}' is not a section")
         hints = typing.get_type_hints(cls)
