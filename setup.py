@@ -21,7 +21,10 @@ setup(
         "test": ["pytest>=7", "selenium>=4.11"],  # selenium: the web demo's browser tests
         "app": ["gradio>=6", "gradio_client>=2"],  # the web demo, python -m lseg.app
     },
-    package_data={"lseg.app": ["assets/*.jpg"]},
+    package_data={"lseg.app": ["assets/*.jpg"],
+                  "lseg.data": ["label_files/*.tsv"],  # ADE20K-150 class names and official prompts
+                  # the zero-shot split and label files (read at run time from the installed package)
+                  "lseg.zeroshot": ["packed/*/*.txt", "packed/*/*/*.txt", "packed/*/*/*.json.gz"]},
     entry_points={
         "console_scripts": [
             "lseg-train=lseg.train:main",

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import logging
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,9 +43,11 @@ class TextConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "vit_large_patch16_384"  # timm model name
-    hooks: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
-    reassemble_channels: list[int] = field(default_factory=lambda: [256, 512, 1024, 1024])
+    # Image encoder, one of lseg.models.backbone.BACKBONES: vit_large_patch16_384, vit_base_patch32_384,
+    # resnet101, vit_tiny_patch16_224
+    backbone: str = "vit_large_patch16_384"
+    hooks: list[int] | None = None  # ViT blocks feeding the decoder; None: the backbone's official ones
+    reassemble_channels: list[int] | None = None  # ViT reassemble widths; None: the backbone's official ones
     features: int = 256
     arch_option: int = 0  # 0: none, 1: bottleneck block, 2: depthwise block (official)
     block_depth: int = 0  # official semantics: applied max(block_depth, 1) times
@@ -74,6 +77,9 @@ class DataConfig:
     label_space: str = "universal"
     # Label-space classes whose prompts never reach training and whose pixels are ignored (zero-shot measured)
     holdout_classes: list[str] = field(default_factory=list)
+    # None: held-out pixels are ignored in training. A seen class (e.g. "others"): they are labelled as that
+    # class instead, as the official zero-shot training does (novel objects become background).
+    holdout_label_as: str | None = None
     folder: FolderConfig = field(default_factory=FolderConfig)
     mseg_root: str | None = None  # mseg-api checkout; None: env MSEG_ROOT, else ./mseg
     # Folder laid out like mseg-api's dataset_lists (<dataset>/list/<split>.txt). None: <root>/dataset_lists
@@ -142,6 +148,9 @@ class TrainConfig:
     init_from: str | None = None
     init_exclude: list[str] = field(default_factory=list)  # regexes of weight keys not taken from init_from
     init_ema: bool = False  # take the source's EMA weights
+    # run: every step's text labels are the label space's classes. per_sample: one-class-per-image datasets
+    # (fss-1000): ["others"] + the distinct classes of the batch's samples (lseg/engine/per_sample.py)
+    label_set: str = "run"
 
 
 @dataclass
@@ -191,6 +200,7 @@ _CHOICES: dict[str, tuple] = {
     "optim.name": ("sgd", "adamw"),
     "train.precision": ("bf16", "fp16", "fp32"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.label_set": ("run", "per_sample"),
     "dist.backend": ("auto", "nccl", "gloo"),
 }
 _POSITIVE = (
@@ -225,9 +235,9 @@ def validate(cfg: Config) -> Config:
         if _get(cfg, key) < 0:
             raise ConfigError(f"{key}: must be >= 0, got {_get(cfg, key)!r}")
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
-    if len(m.hooks) != 4:
+    if m.hooks is not None and len(m.hooks) != 4:
         raise ConfigError(f"model.hooks: need 4 block indices, got {m.hooks}")
-    if len(m.reassemble_channels) != 4:
+    if m.reassemble_channels is not None and len(m.reassemble_channels) != 4:
         raise ConfigError(f"model.reassemble_channels: need 4 values, got {m.reassemble_channels}")
     if d.crop_size % 16 or d.eval_size % 16:
         raise ConfigError("data.crop_size/data.eval_size: must be multiples of the patch size 16")
@@ -237,6 +247,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.max_bad_fraction: must be in [0, 1], got {d.max_bad_fraction}")
     if not d.train_datasets:
         raise ConfigError("data.train_datasets: must name at least one dataset")
+    if not 0 <= d.folder.ignore_index <= 255:
+        raise ConfigError(f"data.folder.ignore_index: must be a mask value in 0..255, got {d.folder.ignore_index}")
     if d.train_ratios is not None and (
         len(d.train_ratios) != len(d.train_datasets) or any(r <= 0 for r in d.train_ratios)
     ):
@@ -249,6 +261,16 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
     if not 0 < o.warmup_factor <= 1:
         raise ConfigError(f"optim.warmup_factor: must be in (0, 1], got {o.warmup_factor}")
+    for i, pattern in enumerate(t.init_exclude):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"train.init_exclude[{i}]: {pattern!r} is not a valid regex ({exc})") from None
+    if t.init_ema and not t.init_from:
+        raise ConfigError("train.init_ema: true needs train.init_from (the checkpoint whose EMA weights to take)")
+    if t.label_set == "per_sample" and d.holdout_classes:
+        raise ConfigError("data.holdout_classes: not used with train.label_set=per_sample (a batch's label set is "
+                          "its samples' classes; choose the training classes with the dataset split)")
     return cfg
 
 

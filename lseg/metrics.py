@@ -48,14 +48,39 @@ def segmentation_metrics(conf: torch.Tensor) -> dict:
     }
 
 
-def metrics_to_scalars(conf: torch.Tensor, names: list[str], prefix: str = "eval") -> dict[str, float]:
-    """``{prefix}/mIoU``, ``/pixel_acc``, ``/fwIoU`` and ``{prefix}_iou/<class>`` for writers.
+def seen_unseen_metrics(conf: torch.Tensor, unseen_ids: list[int]) -> dict[str, float]:
+    """mIoU over seen classes, over unseen (held-out) classes, and their harmonic mean hIoU.
+
+    Each mean is taken like ``mIoU``: over the classes of its group with union > 0 (``nan`` when none
+    is). hIoU = 2su / (s + u) rewards a model only when both groups score; it is 0 when s + u = 0 and
+    ``nan`` when either mean is.
+    """
+    m = segmentation_metrics(conf)
+    iou, present = m["per_class_iou"], m["present"]
+    unseen = set(unseen_ids)
+
+    def mean(ids: list[int]) -> float:
+        vals = [iou[c] for c in ids if present[c]]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    s = mean([c for c in range(len(iou)) if c not in unseen])
+    u = mean(sorted(unseen))
+    h = 2 * s * u / (s + u) if s + u > 0 else 0.0 if s + u == 0 else float("nan")
+    return {"mIoU_seen": s, "mIoU_unseen": u, "hIoU": h}
+
+
+def metrics_to_scalars(conf: torch.Tensor, names: list[str], prefix: str = "eval",
+                       unseen_ids: list[int] | None = None) -> dict[str, float]:
+    """``{prefix}/mIoU``, ``/pixel_acc``, ``/fwIoU`` and ``{prefix}_iou/<class>`` for writers; with
+    ``unseen_ids`` (held-out classes) also ``/mIoU_seen``, ``/mIoU_unseen`` and ``/hIoU``.
 
     Per-class IoU is reported only for classes that occur in the ground truth: a class that is only
     predicted is in the mean (IoU 0) but would otherwise add a flat-zero curve per absent class.
     """
     m = segmentation_metrics(conf)
     out = {f"{prefix}/mIoU": m["mIoU"], f"{prefix}/pixel_acc": m["pixel_acc"], f"{prefix}/fwIoU": m["fwIoU"]}
+    if unseen_ids:
+        out.update({f"{prefix}/{k}": v for k, v in seen_unseen_metrics(conf, unseen_ids).items()})
     gt_present = conf.sum(1) > 0
     for cid, iou in enumerate(m["per_class_iou"]):
         if gt_present[cid]:

@@ -3,22 +3,48 @@
 Written from the official architecture (lang-seg's LSegNet: a timm 0.4 ViT with DPT "scratch"
 decoder, and OpenAI CLIP's text side), with the official module names, so its state dict has the
 official keys. It shares nothing with lseg.models except the CLIP tokenizer (token ids are an
-input, not part of the network). Sizes are those of configs/smoke.yaml.
+input, not part of the network). Sizes default to those of configs/smoke.yaml; ``Sizes`` also
+describes the official ViT-L/16 and ViT-B/32 networks (built on the meta device for key and shape
+checks). The zero-shot ResNet-101 network is in reference_lseg_zs.py.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Sizes of configs/smoke.yaml: vit_tiny_patch16_224 (dim 192, 12 blocks, 3 heads, 14x14 grid),
-# hooks [2,5,8,11], reassemble [32,64,128,128], features 32, text width 64 / 2 layers / 2 heads / embed 64.
-VIT_DIM, VIT_DEPTH, VIT_HEADS, VIT_GRID = 192, 12, 3, 14
-HOOKS, CHANNELS, FEATURES = [2, 5, 8, 11], [32, 64, 128, 128], 32
-TXT_WIDTH, TXT_LAYERS, TXT_HEADS, EMBED, VOCAB, CTX = 64, 2, 2, 64, 49408, 77
+
+@dataclass(frozen=True)
+class Sizes:
+    """Network sizes. Defaults: configs/smoke.yaml (vit_tiny_patch16_224: dim 192, 12 blocks, 3 heads,
+    14x14 grid; text width 64 / 2 layers / 2 heads / embed 64)."""
+
+    vit_dim: int = 192
+    vit_depth: int = 12
+    vit_heads: int = 3
+    vit_grid: int = 14  # position-embedding grid of the pretrained ViT
+    patch: int = 16
+    hooks: tuple[int, ...] = (2, 5, 8, 11)
+    channels: tuple[int, ...] = (32, 64, 128, 128)
+    upsample: tuple[float, ...] = (4, 2, 1, 0.5)  # act_postprocess resampling of the token grid
+    features: int = 32
+    txt_width: int = 64
+    txt_layers: int = 2
+    txt_heads: int = 2
+    embed: int = 64
+
+
+SMOKE = Sizes()
+# lang-seg's clip_vitl16_384 / clip_vitb32_384 (features 256, CLIP ViT-B/32 text tower)
+VITL16 = Sizes(1024, 24, 16, 24, 16, (5, 11, 17, 23), (256, 512, 1024, 1024), (4, 2, 1, 0.5), 256, 512, 12, 8, 512)
+VITB32 = Sizes(768, 12, 12, 12, 32, (2, 5, 8, 11), (96, 192, 384, 768), (8, 4, 2, 1), 256, 512, 12, 8, 512)
+
+HOOKS, CHANNELS, FEATURES = list(SMOKE.hooks), list(SMOKE.channels), SMOKE.features
+VOCAB, CTX = 49408, 77
 
 
 # ------------------------------------------------------------------ reference: image encoder (timm 0.4 ViT)
@@ -57,42 +83,41 @@ class RefBlock(nn.Module):
 
 
 class RefViT(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, sz: Sizes) -> None:
         super().__init__()
-        self.cls_token = nn.Parameter(torch.randn(1, 1, VIT_DIM) * 0.02)
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + VIT_GRID ** 2, VIT_DIM) * 0.5)
+        d = sz.vit_dim
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + sz.vit_grid ** 2, d) * 0.5)
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, VIT_DIM, 16, 16)
-        self.blocks = nn.ModuleList(RefBlock(VIT_DIM, VIT_HEADS) for _ in range(VIT_DEPTH))
-        self.norm = nn.LayerNorm(VIT_DIM, eps=1e-6)  # dead in LSeg
-        self.head = nn.Linear(VIT_DIM, 1000)  # dead in LSeg
+        self.patch_embed.proj = nn.Conv2d(3, d, sz.patch, sz.patch)
+        self.blocks = nn.ModuleList(RefBlock(d, sz.vit_heads) for _ in range(sz.vit_depth))
+        self.norm = nn.LayerNorm(d, eps=1e-6)  # dead in LSeg
+        self.head = nn.Linear(d, 1000)  # dead in LSeg
 
 
 class RefReadout(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, d: int) -> None:
         super().__init__()
-        self.project = nn.Sequential(nn.Linear(2 * VIT_DIM, VIT_DIM), nn.GELU())
+        self.project = nn.Sequential(nn.Linear(2 * d, d), nn.GELU())
 
 
-def ref_act_postprocess(k: int) -> nn.Sequential:
-    c = CHANNELS[k]
-    layers = [RefReadout(), nn.Identity(), nn.Identity(), nn.Conv2d(VIT_DIM, c, 1)]  # 1, 2: Transpose, Unflatten
-    if k == 0:
-        layers.append(nn.ConvTranspose2d(c, c, 4, stride=4))
-    elif k == 1:
-        layers.append(nn.ConvTranspose2d(c, c, 2, stride=2))
-    elif k == 3:
+def ref_act_postprocess(k: int, sz: Sizes) -> nn.Sequential:
+    c, d, up = sz.channels[k], sz.vit_dim, sz.upsample[k]
+    layers = [RefReadout(d), nn.Identity(), nn.Identity(), nn.Conv2d(d, c, 1)]  # 1, 2: Transpose, Unflatten
+    if up > 1:
+        layers.append(nn.ConvTranspose2d(c, c, int(up), stride=int(up)))
+    elif up == 0.5:
         layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
     return nn.Sequential(*layers)
 
 
 # ------------------------------------------------------------------ reference: decoder ("scratch")
 class RefRCU(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, f: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(FEATURES, FEATURES, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(FEATURES, FEATURES, 3, padding=1, bias=False)
-        self.bn1, self.bn2 = nn.BatchNorm2d(FEATURES), nn.BatchNorm2d(FEATURES)
+        self.conv1 = nn.Conv2d(f, f, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(f, f, 3, padding=1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(f), nn.BatchNorm2d(f)
 
     def forward(self, x):
         out = self.bn1(self.conv1(F.relu(x)))
@@ -101,10 +126,10 @@ class RefRCU(nn.Module):
 
 
 class RefFusion(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, f: int) -> None:
         super().__init__()
-        self.resConfUnit1, self.resConfUnit2 = RefRCU(), RefRCU()
-        self.out_conv = nn.Conv2d(FEATURES, FEATURES, 1)
+        self.resConfUnit1, self.resConfUnit2 = RefRCU(f), RefRCU(f)
+        self.out_conv = nn.Conv2d(f, f, 1)
 
     def forward(self, *xs):
         out = xs[0]
@@ -133,27 +158,28 @@ class RefHeadBlock(nn.Module):
 
 # ------------------------------------------------------------------ reference: OpenAI CLIP text side
 class RefMHA(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, w: int, heads: int) -> None:
         super().__init__()
-        self.in_proj_weight = nn.Parameter(torch.randn(3 * TXT_WIDTH, TXT_WIDTH) * TXT_WIDTH ** -0.5)
-        self.in_proj_bias = nn.Parameter(torch.randn(3 * TXT_WIDTH) * 0.02)
-        self.out_proj = nn.Linear(TXT_WIDTH, TXT_WIDTH)
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.randn(3 * w, w) * w ** -0.5)
+        self.in_proj_bias = nn.Parameter(torch.randn(3 * w) * 0.02)
+        self.out_proj = nn.Linear(w, w)
 
     def forward(self, x, mask):
         b, n, d = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, n, TXT_HEADS, d // TXT_HEADS).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1) / math.sqrt(d // TXT_HEADS) + mask).softmax(-1)
+        q, k, v = (t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1) / math.sqrt(d // self.heads) + mask).softmax(-1)
         return self.out_proj((att @ v).transpose(1, 2).reshape(b, n, d))
 
 
 class RefResBlock(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, w: int, heads: int) -> None:
         super().__init__()
-        self.ln_1, self.ln_2 = nn.LayerNorm(TXT_WIDTH), nn.LayerNorm(TXT_WIDTH)
-        self.attn = RefMHA()
+        self.ln_1, self.ln_2 = nn.LayerNorm(w), nn.LayerNorm(w)
+        self.attn = RefMHA(w, heads)
         self.mlp = nn.Module()
-        self.mlp.c_fc, self.mlp.c_proj = nn.Linear(TXT_WIDTH, 4 * TXT_WIDTH), nn.Linear(4 * TXT_WIDTH, TXT_WIDTH)
+        self.mlp.c_fc, self.mlp.c_proj = nn.Linear(w, 4 * w), nn.Linear(4 * w, w)
 
     def forward(self, x, mask):
         x = x + self.attn(self.ln_1(x), mask)
@@ -162,18 +188,19 @@ class RefResBlock(nn.Module):
 
 
 class RefCLIP(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, sz: Sizes) -> None:
         super().__init__()
-        self.token_embedding = nn.Embedding(VOCAB, TXT_WIDTH)
-        self.positional_embedding = nn.Parameter(torch.randn(CTX, TXT_WIDTH) * 0.01)
+        w = sz.txt_width
+        self.token_embedding = nn.Embedding(VOCAB, w)
+        self.positional_embedding = nn.Parameter(torch.randn(CTX, w) * 0.01)
         self.transformer = nn.Module()
-        self.transformer.resblocks = nn.ModuleList(RefResBlock() for _ in range(TXT_LAYERS))
-        self.ln_final = nn.LayerNorm(TXT_WIDTH)
-        self.text_projection = nn.Parameter(torch.randn(TXT_WIDTH, EMBED) * TXT_WIDTH ** -0.5)
+        self.transformer.resblocks = nn.ModuleList(RefResBlock(w, sz.txt_heads) for _ in range(sz.txt_layers))
+        self.ln_final = nn.LayerNorm(w)
+        self.text_projection = nn.Parameter(torch.randn(w, sz.embed) * w ** -0.5)
         self.logit_scale = nn.Parameter(torch.tensor(4.6052))  # dead in LSeg
         self.visual = nn.Module()  # dead in LSeg (a stand-in for the 88 M-param image tower)
         self.visual.conv1 = nn.Conv2d(3, 8, 32, 32, bias=False)
-        self.visual.proj = nn.Parameter(torch.randn(8, EMBED))
+        self.visual.proj = nn.Parameter(torch.randn(8, sz.embed))
 
     def encode_text(self, tokens):
         x = self.token_embedding(tokens) + self.positional_embedding
@@ -185,30 +212,74 @@ class RefCLIP(nn.Module):
 
 
 # ------------------------------------------------------------------ reference: LSegNet
-class RefLSegNet(nn.Module):
-    def __init__(self, arch_option: int = 0, block_depth: int = 0, activation: str = "lrelu") -> None:
+class RefDPTNet(nn.Module):
+    """What every official LSegNet shares: CLIP, the "scratch" decoder, head1 and the logits.
+
+    Subclasses set ``self.pretrained`` and ``encode(x) -> four maps at 1/4 .. 1/32``.
+    """
+
+    def __init__(self, sz: Sizes, in_channels, arch_option: int = 0, block_depth: int = 0,
+                 activation: str = "lrelu") -> None:
         super().__init__()
-        self.clip_pretrained = RefCLIP()
-        self.pretrained = nn.Module()
-        self.pretrained.model = RefViT()
-        for k in range(4):
-            setattr(self.pretrained, f"act_postprocess{k + 1}", ref_act_postprocess(k))
+        self.sz = sz
+        self.clip_pretrained = RefCLIP(sz)
         self.scratch = nn.Module()
-        for k, c in enumerate(CHANNELS, start=1):
-            setattr(self.scratch, f"layer{k}_rn", nn.Conv2d(c, FEATURES, 3, padding=1, bias=False))
-            setattr(self.scratch, f"refinenet{k}", RefFusion())
-        self.scratch.head1 = nn.Conv2d(FEATURES, EMBED, 1)
+        for k, c in enumerate(in_channels, start=1):
+            setattr(self.scratch, f"layer{k}_rn", nn.Conv2d(c, sz.features, 3, padding=1, bias=False))
+            setattr(self.scratch, f"refinenet{k}", RefFusion(sz.features))
+        self.scratch.head1 = nn.Conv2d(sz.features, sz.embed, 1)
         self.arch_option, self.block_depth = arch_option, block_depth
         if arch_option in (1, 2):
             self.scratch.head_block = RefHeadBlock(arch_option, activation)
         self.logit_scale = torch.tensor(1 / 0.07)
 
-    def vit_hooks(self, x):
-        vit = self.pretrained.model
+    def image_features(self, x):
+        l1, l2, l3, l4 = (getattr(self.scratch, f"layer{k + 1}_rn")(m) for k, m in enumerate(self.encode(x)))
+        p4 = self.scratch.refinenet4(l4)
+        p3 = self.scratch.refinenet3(p4, l3)
+        p2 = self.scratch.refinenet2(p3, l2)
+        p1 = self.scratch.refinenet1(p2, l1)
+        return self.scratch.head1(p1)
+
+    def _logits(self, img, txt):
+        b, c, h, w = img.shape
+        img = img.permute(0, 2, 3, 1).reshape(-1, c)
+        img = img / img.norm(dim=-1, keepdim=True)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        return (self.logit_scale * img @ txt.t()).view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def forward(self, x, tokens):
+        out = self._logits(self.image_features(x), self.clip_pretrained.encode_text(tokens))
+        if self.arch_option in (1, 2):
+            for _ in range(self.block_depth - 1):
+                out = self.scratch.head_block(out)
+            out = self.scratch.head_block(out, act=False)
+        return F.interpolate(out, scale_factor=2, mode="bilinear", align_corners=True)
+
+    def forward_zs(self, x, token_pairs):
+        """The zero-shot nets' forward: sample i against its own ("others", class) token pair."""
+        img = self.image_features(x)
+        outs = [self._logits(img[i:i + 1], self.clip_pretrained.encode_text(t)) for i, t in enumerate(token_pairs)]
+        return F.interpolate(torch.cat(outs), scale_factor=2, mode="bilinear", align_corners=True)
+
+
+class RefLSegNet(RefDPTNet):
+    """Official LSegNet / LSegNetZS with a timm-0.4 ViT and DPT reassembly (act_postprocess)."""
+
+    def __init__(self, arch_option: int = 0, block_depth: int = 0, activation: str = "lrelu",
+                 sz: Sizes = SMOKE) -> None:
+        super().__init__(sz, sz.channels, arch_option, block_depth, activation)
+        self.pretrained = nn.Module()
+        self.pretrained.model = RefViT(sz)
+        for k in range(4):
+            setattr(self.pretrained, f"act_postprocess{k + 1}", ref_act_postprocess(k, sz))
+
+    def encode(self, x):
+        sz, vit = self.sz, self.pretrained.model
         b, _, h, w = x.shape
-        gh, gw = h // 16, w // 16
+        gh, gw = h // sz.patch, w // sz.patch
         tok, grid = vit.pos_embed[:, :1], vit.pos_embed[0, 1:]
-        grid = grid.reshape(1, VIT_GRID, VIT_GRID, -1).permute(0, 3, 1, 2)
+        grid = grid.reshape(1, sz.vit_grid, sz.vit_grid, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(gh, gw), mode="bilinear")
         pos = torch.cat([tok, grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
         x = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
@@ -216,7 +287,7 @@ class RefLSegNet(nn.Module):
         acts = []
         for i, blk in enumerate(vit.blocks):
             x = blk(x)
-            if i in HOOKS:
+            if i in sz.hooks:
                 acts.append(x)
         maps = []
         for k, a in enumerate(acts):
@@ -229,32 +300,17 @@ class RefLSegNet(nn.Module):
             maps.append(t)
         return maps
 
-    def forward(self, x, tokens):
-        l1, l2, l3, l4 = (getattr(self.scratch, f"layer{k + 1}_rn")(m) for k, m in enumerate(self.vit_hooks(x)))
-        p4 = self.scratch.refinenet4(l4)
-        p3 = self.scratch.refinenet3(p4, l3)
-        p2 = self.scratch.refinenet2(p3, l2)
-        p1 = self.scratch.refinenet1(p2, l1)
-        txt = self.clip_pretrained.encode_text(tokens)
-        img = self.scratch.head1(p1)
-        b, c, h, w = img.shape
-        img = img.permute(0, 2, 3, 1).reshape(-1, c)
-        img = img / img.norm(dim=-1, keepdim=True)
-        txt = txt / txt.norm(dim=-1, keepdim=True)
-        out = (self.logit_scale * img @ txt.t()).view(b, h, w, -1).permute(0, 3, 1, 2)
-        if self.arch_option in (1, 2):
-            for _ in range(self.block_depth - 1):
-                out = self.scratch.head_block(out)
-            out = self.scratch.head_block(out, act=False)
-        return F.interpolate(out, scale_factor=2, mode="bilinear", align_corners=True)
-
 
 FP16_IN_OFFICIAL = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj", "text_projection", "visual.")
 
 
-def make_reference(arch_option=0, block_depth=0, activation="lrelu", seed=0) -> RefLSegNet:
+def make_reference(arch_option=0, block_depth=0, activation="lrelu", seed=0, sz: Sizes = SMOKE) -> RefLSegNet:
     torch.manual_seed(seed)
-    net = RefLSegNet(arch_option, block_depth, activation)
+    return randomize(RefLSegNet(arch_option, block_depth, activation, sz))
+
+
+def randomize(net: RefDPTNet) -> RefDPTNet:
+    """fp16-rounded CLIP weights (as the official file stores them), non-trivial BatchNorm statistics."""
     with torch.no_grad():
         for name, p in net.named_parameters():
             if name.startswith("clip_pretrained.") and any(s in name for s in FP16_IN_OFFICIAL):
@@ -271,7 +327,7 @@ def make_reference(arch_option=0, block_depth=0, activation="lrelu", seed=0) -> 
     return net.eval()
 
 
-def official_state(net: RefLSegNet) -> dict:
+def official_state(net: RefDPTNet) -> dict:
     state = {}
     for k, v in net.state_dict().items():
         if k.startswith("clip_pretrained.") and any(s in k for s in FP16_IN_OFFICIAL):
@@ -280,7 +336,7 @@ def official_state(net: RefLSegNet) -> dict:
     return state
 
 
-def save_lightning(net: RefLSegNet, path: Path, extra: dict | None = None) -> Path:
+def save_lightning(net: RefDPTNet, path: Path, extra: dict | None = None) -> Path:
     ckpt = {"epoch": 3, "global_step": 1200, "pytorch-lightning_version": "1.4.9",
             "state_dict": {"net." + k: v for k, v in official_state(net).items()}}
     ckpt.update(extra or {})

@@ -2,10 +2,12 @@
 """Convert an official lang-seg checkpoint (e.g. demo_e200.ckpt) into an lseg-hpc checkpoint.
 
     python tools/convert_langseg.py demo_e200.ckpt lseg_demo.pt
-    python tools/convert_langseg.py fold0.ckpt out.pt --arch-option 2 --block-depth 2 --activation relu
+    python tools/convert_langseg.py pascal_fold0.ckpt pascal_fold0.pt --backbone clip_resnet101 --trust-pickle
+    python tools/convert_langseg.py model.ckpt out.pt --arch-option 2 --block-depth 2 --activation relu
 
-The model config is the official ViT-L/16 recipe (schema defaults) unless --config gives another
-model section; model.key=value overrides work too (the flags below are shorthands for them).
+The image encoder is read off the file; --backbone (ours or lang-seg's name) checks it. The rest of
+the model config is the official recipe (schema defaults) unless --config gives another model
+section; model.key=value overrides work too (the other flags below are shorthands for them).
 Official Lightning files may hold pickled Python objects (callback states); they are refused
 unless --trust-pickle is given, for files whose origin you trust.
 """
@@ -18,7 +20,8 @@ from typing import Sequence
 
 from lseg.checkpoint_io import save_atomic
 from lseg.cli import cli_main, non_negative_int, parse_args
-from lseg.config import ConfigError, load_config
+from lseg.config import ConfigError, load_config, parse_overrides
+from lseg.models.backbone import BACKBONES
 from lseg.models.convert import ConversionError, convert_checkpoint
 
 SHORTHANDS = {"arch_option": "model.arch_option", "block_depth": "model.block_depth", "activation": "model.activation"}
@@ -31,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="where to write the lseg-hpc checkpoint")
     p.add_argument("--config", default=None,
                    help="YAML whose model section describes the network (default: official ViT-L/16 recipe)")
+    names = [*BACKBONES, *(s.official for s in BACKBONES.values() if s.official)]
+    p.add_argument("--backbone", choices=names, default=None, metavar="NAME",
+                   help="the image encoder the file must hold (else it is taken from the file): "
+                        + ", ".join(names))
     p.add_argument("--arch-option", type=int, choices=(0, 1, 2), default=None,
                    help="official arch_option (default: 0, or an error if the file has head_block weights)")
     p.add_argument("--block-depth", type=non_negative_int, default=None,
@@ -51,11 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, [*args.overrides, *flags])
     if cfg.model.arch_option == 0 and (args.block_depth is not None or args.activation is not None):
         raise ConfigError("--block-depth/--activation describe the arch_option 1/2 block: pass --arch-option 1|2")
-    payload = convert_checkpoint(args.input, cfg, trust_pickle=args.trust_pickle)
+    # A backbone named by --backbone, a model.backbone override or a --config file is a claim to check.
+    stated = args.config is not None or any(k == "model.backbone" for k, _ in parse_overrides(args.overrides))
+    claim = args.backbone or (cfg.model.backbone if stated else None)
+    payload = convert_checkpoint(args.input, cfg, trust_pickle=args.trust_pickle, backbone=claim)
     save_atomic(payload, args.output)
-    m = cfg.model
+    m = payload["config"]["model"]
     print(f"wrote {args.output}: {len(payload['model'])} tensors ({payload['converted_from']['dropped_tensors']} "
-          f"unused official tensors dropped), arch_option {m.arch_option}, block_depth {m.block_depth}")
+          f"unused official tensors dropped), backbone {m['backbone']}, arch_option {m['arch_option']}, "
+          f"block_depth {m['block_depth']}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """The trainer's checkpoint folder: saving, retention, and the checkpoint to resume from.
 
 Retention keeps the last ``keep_last`` saves, every save whose step is a multiple of
-``keep_every`` (for averaging) and the best one by ``eval/mIoU``; ``index.json`` records them, so
+``keep_every`` (for averaging) and the best one by ``eval/mIoU`` (``eval/mIoU_seen`` when classes are
+held out: choosing by a score that includes the held-out classes would select on them); ``index.json`` records them, so
 the rules survive restarts. Resume never trusts ``last.pt`` or the index blindly: it tries every
 ``step_*.pt`` newest first and skips files that do not load.
 """
@@ -18,15 +19,18 @@ from lseg.checkpoints.files import read_index, step_filename, step_files, write_
 
 log = logging.getLogger("lseg")
 BEST_METRIC = "eval/mIoU"
+BEST_METRIC_HOLDOUT = "eval/mIoU_seen"
 
 
 class CheckpointManager:
     """Saves, prunes and finds checkpoints in ``RUN/checkpoints``. Only rank 0 writes."""
 
-    def __init__(self, run_dir: str | Path, keep_last: int = 3, keep_every: int = 0) -> None:
+    def __init__(self, run_dir: str | Path, keep_last: int = 3, keep_every: int = 0,
+                 best_metric: str = BEST_METRIC) -> None:
         self.dir = Path(run_dir) / "checkpoints"
         self.keep_last = keep_last
         self.keep_every = keep_every
+        self.best_metric = best_metric
 
     def step_files(self) -> list[tuple[int, Path]]:
         """All ``step_*.pt`` files, newest first."""
@@ -58,12 +62,12 @@ class CheckpointManager:
             if entry["step"] == step:
                 entry["metrics"].update(metrics)
         best = index["best"]
-        value = metrics.get(BEST_METRIC)
+        value = metrics.get(self.best_metric)
         if value is not None and value == value and (best is None or value > best["value"]):
             path = self.dir / step_filename(step)
             if path.exists():
                 self._link(path, self.dir / "best.pt")
-                index["best"] = {"step": step, "path": path.name, "metric": BEST_METRIC, "value": value}
+                index["best"] = {"step": step, "path": path.name, "metric": self.best_metric, "value": value}
         write_index(self.dir, index)
         self.prune()
 

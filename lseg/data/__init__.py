@@ -1,4 +1,4 @@
-"""Data layer: MSeg taxonomy, relabeled datasets, transforms, resumable sampler, loaders.
+"""Data layer: dataset registry, label spaces, MSeg taxonomy, transforms, resumable sampler, loaders.
 
 Public names are imported lazily (PEP 562) so that ``python -m lseg.data.taxonomy`` does not
 import its own module twice and ``import lseg.data`` stays cheap. See docs/architecture.md for the
@@ -10,7 +10,10 @@ import importlib
 
 _EXPORTS = {
     "DataError": "errors",
-    "BadSample": "datasets", "RelabeledDataset": "datasets", "SegmentationSet": "datasets",
+    "BadSample": "datasets", "LabeledDataset": "datasets", "SegmentationSet": "datasets", "open_dataset": "datasets",
+    "ClassList": "registry", "DatasetSpec": "registry", "Encoding": "registry", "register": "registry",
+    "check_label_space": "registry", "dataset_root": "registry",
+    "LabelSpace": "names", "label_space": "names",
     "benchmark_loader": "loader", "build_train_loader": "loader", "build_train_set": "loader",
     "build_val_loader": "loader", "check_bad_fraction": "loader", "collate": "loader",
     "epoch_position": "loader", "samples_per_epoch_per_rank": "loader",

@@ -1,17 +1,17 @@
-"""Relabeled MSeg datasets (COCOPanoptic, ADE20K) read through mseg-api split lists.
+"""Datasets of the registry (``lseg.data.registry``): pairs, decoding, checks, the bad-sample policy.
 
 Two layers, because they fail differently:
 
-* :class:`RelabeledDataset` knows one dataset's files: it parses the split list, decodes an
-  (image, label) pair and checks it (file present, decodable, sizes equal, label ids inside the
-  dataset's relabeled taxonomy). A check failure is a :class:`BadSample`, never a silent fix.
+* :class:`LabeledDataset` knows one dataset split's files: it decodes an (image, mask) pair and
+  checks it (file present, decodable, sizes equal, mask values inside the dataset's class list).
+  A check failure is a :class:`BadSample`, never a silent fix.
 * :class:`SegmentationSet` concatenates datasets into one index space, applies the seeded
-  transform and the relabeled -> universal lookup, and enforces ``data.on_bad_sample``: ``error``
-  raises one line naming the file; ``skip`` logs the file once, replaces the sample by another one
-  of the same dataset chosen deterministically from the sample seed, and counts the bad attempts
-  in ``num_bad`` so the batch size stays constant and the trainer can watch the bad fraction.
-  For evaluation (``replace="blank"``) a bad sample becomes an all-ignore label instead, so no
-  image is scored twice.
+  transform and each dataset's raw value -> label-space lookup, and enforces ``data.on_bad_sample``:
+  ``error`` raises one line naming the file; ``skip`` logs the file once, replaces the sample by
+  another one of the same dataset chosen deterministically from the sample seed, and counts the bad
+  attempts in ``num_bad`` so the batch size stays constant and the trainer can watch the bad
+  fraction. For evaluation (``replace="blank"``) a bad sample becomes an all-ignore label instead,
+  so no image is scored twice.
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lseg.data import registry
 from lseg.data.errors import DataError
-from lseg.data.paths import DATASET_DIRS, check_dataset_name, split_list_path
-from lseg.data.taxonomy import IGNORE_INDEX, Taxonomy
+from lseg.data.registry import SpaceTable
+from lseg.data.taxonomy import IGNORE_INDEX
 from lseg.data.transforms import to_tensors
 
 log = logging.getLogger("lseg.data")
@@ -83,8 +84,16 @@ def _open_image(path: Path, what: str) -> Image.Image:
         raise BadSample(path, f"cannot decode {what}: {exc}") from None
 
 
+RGB_MASK_FIX = ("masks must be single-channel index PNGs whose value is the class id: map each colour to its "
+                "class id and save the ids as 8-bit grey, e.g. Image.fromarray(ids.astype(np.uint8)).save(path)")
+
+
 def _as_id_map(label: Image.Image, path: Path) -> Image.Image:
-    """Single-channel 8-bit id map; palette indices are ids, 16/32-bit maps must fit in 8 bits."""
+    """Single-channel 8-bit id map; palette indices are ids, 16/32-bit maps must fit in 8 bits.
+
+    A colour (RGB/RGBA) mask is not a bad sample but a dataset saved the wrong way: it stops the run
+    with the conversion to do, whatever ``data.on_bad_sample`` says.
+    """
     if label.mode == "L":
         return label
     if label.mode == "P":
@@ -94,54 +103,72 @@ def _as_id_map(label: Image.Image, path: Path) -> Image.Image:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise BadSample(path, f"label values outside 0..255 (mode {label.mode})")
         return Image.fromarray(arr.astype(np.uint8), mode="L")
+    if label.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "HSV"):
+        raise DataError(f"mask {path} is a colour image (mode {label.mode}), not an index PNG: {RGB_MASK_FIX}")
     raise BadSample(path, f"label is mode {label.mode}, expected a single-channel 8-bit id map")
 
 
-class RelabeledDataset:
-    """One MSeg relabeled dataset split: file list, decoding and per-sample checks."""
+class LabeledDataset:
+    """One dataset split: its (image, mask) pairs, decoding, per-sample checks and the label-space table."""
 
-    def __init__(self, name: str, data_root: str | Path, lists_root: str | Path, split: str,
-                 taxonomy: Taxonomy):
-        self.name = check_dataset_name(name)
-        root = Path(data_root).expanduser()
-        if not root.is_dir():
-            what = "is not a directory" if root.exists() else "not found"
-            raise DataError(f"data.root {what}: {root} (point it at MSEG_DST_DIR/mseg_dataset, or run "
-                            f"tools/make_synthetic_mseg.py --output {root})")
-        self.root = root / DATASET_DIRS[name]
-        if not self.root.is_dir():
-            raise DataError(f"dataset folder not found: {self.root} ({name} under data.root={root})")
-        self.list_path = split_list_path(Path(lists_root), name, split)
-        self.pairs = read_split_list(self.list_path)
-        self.split = split
-        self.num_classes = len(taxonomy.dataset_classes[name])
-        table = taxonomy.table(name)
-        self.lut: list[int] = [int(v) for v in table]  # for PIL Image.point
-        self.invalid_ids = [k for k in range(256) if k >= self.num_classes and k != IGNORE_INDEX]
+    def __init__(self, name: str, root: Path, pairs: Sequence[tuple[Path, Path]], table: SpaceTable, split: str,
+                 sample_classes: tuple[registry.ClassList, list[int]] | None = None):
+        """``sample_classes``: (class list, class id of each pair) for one-class-per-image datasets."""
+        self.name, self.root, self.split = name, root, split
+        self.pairs = list(pairs)
+        self.sample_class_list, self.sample_class_ids = sample_classes or (None, None)
+        self.threshold = table.threshold
+        self.lut: list[int] = [int(v) for v in table.lut]  # for PIL Image.point: raw value -> label-space id
+        self.invalid_ids = list(table.invalid)
+        self.valid_text = table.valid_text
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def paths(self, i: int) -> tuple[Path, Path]:
-        image_rel, label_rel = self.pairs[i]
-        return self.root / image_rel, self.root / label_rel
+        return self.pairs[i]
 
     def load(self, i: int) -> tuple[Image.Image, Image.Image]:
-        """Decoded, checked (RGB image, L label of dataset ids); raises :class:`BadSample`."""
+        """Decoded, checked (RGB image, L mask of raw values); raises :class:`BadSample`."""
         image_path, label_path = self.paths(i)
         image = _open_image(image_path, "image")
-        label = _as_id_map(_open_image(label_path, "label"), label_path)
+        raw = _open_image(label_path, "label")
+        if self.threshold is None:
+            label = _as_id_map(raw, label_path)
+        else:  # binary grey mask (colour ones too): 0 / 1 now, so padding (255) stays ignore
+            label = raw.convert("L").point([int(v >= self.threshold) for v in range(256)])
         if image.size != label.size:
             raise BadSample(label_path, f"size mismatch: image {image.size[0]}x{image.size[1]}, "
                                         f"label {label.size[0]}x{label.size[1]}")
         hist = label.histogram()
         bad_ids = [k for k in self.invalid_ids if hist[k]]
         if bad_ids:
+            note = " (a palette PNG: its indices are read as class ids)" if raw.mode == "P" else ""
             raise BadSample(label_path, f"label values {bad_ids[:8]} outside the {self.name} taxonomy "
-                                        f"(0..{self.num_classes - 1}, 255)")
+                                        f"({self.valid_text}){note}")
         if image.mode != "RGB":
             image = image.convert("RGB")
         return image, label
+
+
+def open_dataset(data, name: str, split: str, label_space: str | None = None) -> LabeledDataset:
+    """Dataset ``name``'s ``split`` with labels in ``label_space`` (default ``data.label_space``).
+
+    Paths, class list and the mapping are checked now, so a wrong folder or an impossible label
+    space stops start-up with one line instead of failing inside a loader worker.
+    """
+    space = label_space or data.label_space
+    registry.check_maps_into(name, space)
+    src = registry.source(data, name)
+    table = registry.space_table(src, space)
+    spec = registry.get(name)
+    pairs = spec.pairs(src, split)
+    if not pairs:
+        raise DataError(f"{name}: split '{split}' has no images ({src.root})")
+    samples = spec.sample_classes(src, split) if spec.sample_classes else None
+    if samples is not None and len(samples[1]) != len(pairs):
+        raise ValueError(f"{name}: {len(samples[1])} sample classes for {len(pairs)} pairs")
+    return LabeledDataset(name, src.root, pairs, table, split, samples)
 
 
 Transform = Callable[[Image.Image, Image.Image, int], tuple[Image.Image, Image.Image]]
@@ -153,7 +180,7 @@ class SegmentationSet(torch.utils.data.Dataset):
     Keys are ``(global index, seed)`` pairs from the sampler (a plain int means seed 0).
     """
 
-    def __init__(self, datasets: Sequence[RelabeledDataset], transform: Transform,
+    def __init__(self, datasets: Sequence[LabeledDataset], transform: Transform,
                  on_bad_sample: str = "skip", replace: str = "resample"):
         if on_bad_sample not in ("skip", "error"):
             raise ValueError(f"on_bad_sample must be skip|error, got {on_bad_sample!r}")
@@ -189,7 +216,7 @@ class SegmentationSet(torch.utils.data.Dataset):
 
     def _finish(self, d: int, image: Image.Image, label: Image.Image, seed: int):
         image, label = self.transform(image, label, seed)
-        label = label.point(self.datasets[d].lut)  # dataset ids -> universal ids (255 stays 255)
+        label = label.point(self.datasets[d].lut)  # raw mask values -> label-space ids (255 = ignore)
         return to_tensors(image, label)
 
     def __getitem__(self, key) -> dict:
@@ -202,7 +229,8 @@ class SegmentationSet(torch.utils.data.Dataset):
             try:
                 image, label = ds.load(local)
                 x, y = self._finish(d, image, label, seed)
-                return {"image": x, "label": y, "index": self.offsets[d] + local, "num_bad": num_bad}
+                return {"image": x, "label": y, "index": self.offsets[d] + local, "num_bad": num_bad,
+                        "class_id": self._class_id(d, local)}
             except BadSample as bad:
                 self._report(bad)
                 num_bad += 1
@@ -229,9 +257,10 @@ class SegmentationSet(torch.utils.data.Dataset):
         x, y = self._finish(d, Image.new("RGB", size), Image.new("L", size, IGNORE_INDEX), seed)
         x.fill_(-1.0)
         y.fill_(IGNORE_INDEX)
-        return {"image": x, "label": y, "index": index, "num_bad": num_bad}
+        return {"image": x, "label": y, "index": index, "num_bad": num_bad,
+                "class_id": self._class_id(d, index - self.offsets[d])}
 
-
-def build_datasets(names: Sequence[str], data_root: str | Path, lists_root: str | Path, split: str,
-                   taxonomy: Taxonomy) -> list[RelabeledDataset]:
-    return [RelabeledDataset(n, data_root, lists_root, split, taxonomy) for n in names]
+    def _class_id(self, d: int, local: int) -> int:
+        """The sample's class in its dataset's ``sample_class_list``; -1 for dense datasets."""
+        ids = self.datasets[d].sample_class_ids
+        return -1 if ids is None else ids[local]

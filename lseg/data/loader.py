@@ -1,8 +1,10 @@
 """Loaders the trainer and evaluator use; the batch contract lives here.
 
 Batch = dict: ``image`` float32 (B,3,H,W) normalised mean = std = 0.5; ``label`` int64 (B,H,W)
-universal ids, 255 = ignore; ``index`` int64 (B,) global sample index (after bad-sample
-replacement); ``num_bad`` int64 (B,) bad files skipped to produce each sample.
+ids of the label space (``data.label_space``: universal or a dataset's own classes), 255 = ignore; ``index`` int64 (B,) global sample index (after bad-sample
+replacement); ``num_bad`` int64 (B,) bad files skipped to produce each sample; ``class_id`` int64 (B,)
+the sample's class in its dataset's ``sample_class_list`` for one-class-per-image datasets (label 1 =
+that class, 0 = "others"; see ``train.label_set=per_sample``), -1 for dense datasets.
 
 Training position: a rank consumes exactly ``train.batch_size`` samples per micro-step and
 ``samples_per_epoch_per_rank(cfg, world_size)`` per epoch, so after ``m`` micro-steps the trainer
@@ -15,15 +17,13 @@ import os
 import signal
 import threading
 import time
-from typing import Any
 
 import torch
 
-from lseg.data.datasets import SegmentationSet, build_datasets
+from lseg.data.datasets import SegmentationSet, open_dataset
 from lseg.data.errors import DataError
-from lseg.data.paths import check_dataset_name, resolve_lists_root
+from lseg.data.registry import check_label_space
 from lseg.data.sampler import ResumableSampler, samples_per_rank
-from lseg.data.taxonomy import load_taxonomy
 from lseg.data.transforms import build_eval_transform, build_train_transform
 
 
@@ -59,20 +59,15 @@ def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
         "label": label,
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         "num_bad": torch.tensor([s["num_bad"] for s in samples], dtype=torch.int64),
+        "class_id": torch.tensor([s["class_id"] for s in samples], dtype=torch.int64),
     }
-
-
-def _lists_root(d) -> Any:
-    return resolve_lists_root(d.root, d.lists_root, d.mseg_root)
 
 
 def build_train_set(cfg) -> SegmentationSet:
     """The mixture of ``data.train_datasets`` with the training transform (checks paths now)."""
     d = cfg.data
-    for name in d.train_datasets:
-        check_dataset_name(name)
-    tax = load_taxonomy(d.mseg_root)
-    datasets = build_datasets(d.train_datasets, d.root, _lists_root(d), d.train_split, tax)
+    check_label_space(d)
+    datasets = [open_dataset(d, name, d.train_split) for name in d.train_datasets]
     return SegmentationSet(datasets, build_train_transform(d), d.on_bad_sample, replace="resample")
 
 
@@ -174,18 +169,17 @@ class _ShardKeys(torch.utils.data.Sampler):
 def build_val_loader(cfg, dataset_name: str, rank: int = 0, world_size: int = 1,
                      max_samples: int | None = None, *, num_workers: int | None = None,
                      pin_memory: bool | None = None, transform=None,
-                     batch_size: int | None = None) -> torch.utils.data.DataLoader:
+                     batch_size: int | None = None, label_space: str | None = None) -> torch.utils.data.DataLoader:
     """Sharded evaluation loader over the first ``max_samples`` of ``data.val_split``.
 
     ``max_samples`` None uses ``eval.max_samples`` (None there = the whole split). Unreadable
     samples (policy ``skip``) become all-ignore labels with ``num_bad`` = 1 so nothing is scored twice.
     ``transform`` (default: the eval centre crop) and ``batch_size`` (default ``eval.batch_size``)
-    let the evaluation sweep score whole images at their own size, one per batch.
+    let the evaluation sweep score whole images at their own size, one per batch; ``label_space``
+    (default ``data.label_space``) lets it read the ground truth in another space the dataset maps into.
     """
     d = cfg.data
-    check_dataset_name(dataset_name)
-    tax = load_taxonomy(d.mseg_root)
-    (ds,) = build_datasets([dataset_name], d.root, _lists_root(d), d.val_split, tax)
+    ds = open_dataset(d, dataset_name, d.val_split, label_space)
     val_set = SegmentationSet([ds], transform or build_eval_transform(d), d.on_bad_sample, replace="blank")
     limit = max_samples if max_samples is not None else cfg.eval.max_samples
     n = len(val_set) if limit is None else min(limit, len(val_set))

@@ -1,16 +1,19 @@
-"""Readable class names for the text encoder, with per-class overrides.
+"""Label spaces and their prompts for the text encoder, with per-class overrides.
 
-Why: the text encoder sees the class names as prompts, and MSeg's identifiers (``road_barrier``,
-``pier_wharf``) are not natural language. The default is the identifier with underscores turned
-into spaces; a YAML or TSV file (``data.class_names_file``) can replace any class's text, e.g.
+Why: the text encoder sees the class names as prompts. A run's label space is the MSeg universal
+taxonomy (``data.label_space: universal``), whose identifiers (``road_barrier``) become readable
+text (``road barrier``), or a registered dataset's own class list (ADE20K-150's official prompts,
+FoodSeg103's ``category_id.txt`` names, a folder's ``classes.txt``). A YAML or TSV file
+(``data.class_names_file``) can replace any class's text, keyed by that space's class names, e.g.
 ``pier_wharf: pier or wharf``. The list actually used is written into the run directory so an
 evaluation months later can reproduce the prompts exactly.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -54,10 +57,10 @@ def _read_override_entries(path: Path) -> list[tuple[Any, Any]]:
     return entries
 
 
-def load_overrides(path: str | os.PathLike, universal: tuple[str, ...]) -> dict[int, str]:
-    """Universal id -> replacement text, from a YAML mapping or a two-column TSV.
+def load_overrides(path: str | os.PathLike, universal: Sequence[str], space: str = "universal") -> dict[int, str]:
+    """Class id -> replacement text, from a YAML mapping or a two-column TSV.
 
-    Keys may be the raw universal name (``pier_wharf``) or the universal id; unknown keys are an
+    Keys may be the label space's class name (``pier_wharf``) or its id; unknown keys are an
     error (a typo would otherwise silently keep the default prompt).
     """
     path = Path(path)
@@ -71,7 +74,7 @@ def load_overrides(path: str | os.PathLike, universal: tuple[str, ...]) -> dict[
         elif isinstance(key, str) and key in by_name:
             uid = by_name[key]
         else:
-            raise DataError(f"data.class_names_file {path}: '{key}' is not a universal class name or id")
+            raise DataError(f"data.class_names_file {path}: '{key}' is not a {space} class name or id")
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"data.class_names_file {path}: empty name for '{key}'")
         out[uid] = " ".join(value.split())
@@ -89,18 +92,56 @@ def universal_class_names(mseg_root: str | os.PathLike | None = None,
     return names
 
 
+@dataclass(frozen=True)
+class LabelSpace:
+    """The classes a run trains and scores on: identifiers (override keys, reports) and prompts (index = id)."""
+
+    name: str
+    classes: tuple[str, ...]
+    prompts: tuple[str, ...]
+
+
 def _data_cfg(cfg: Any) -> Any:
     return getattr(cfg, "data", cfg)
 
 
-def class_names(cfg: Any) -> list[str]:
-    """The 194 prompts of a run (accepts a ``Config`` or a ``DataConfig``)."""
+def label_space(cfg: Any, name: str | None = None) -> LabelSpace:
+    """Label space ``name`` (default ``data.label_space``); ``data.class_names_file`` applies to the run's own.
+
+    ``universal`` reads the MSeg taxonomy; a dataset name reads that dataset's class list (from the
+    package for ADE20K-150, from the dataset folder for FoodSeg103 and ``folder``).
+    """
+    from lseg.data import registry
+
     d = _data_cfg(cfg)
-    return universal_class_names(d.mseg_root, d.class_names_file)
+    name = name or d.label_space
+    overrides = d.class_names_file if name == d.label_space else None
+    if name == registry.UNIVERSAL:
+        universal = load_taxonomy(d.mseg_root).universal
+        return LabelSpace(name, tuple(universal), tuple(universal_class_names(d.mseg_root, overrides)))
+    classes = registry.read_classes(registry.source(d, name))
+    prompts = list(classes.prompts)
+    if overrides is not None:
+        for cid, text in load_overrides(overrides, classes.names, name).items():
+            prompts[cid] = text
+    return LabelSpace(name, classes.names, tuple(prompts))
+
+
+def class_names(cfg: Any) -> list[str]:
+    """The prompts of a run's label space, index = label-space id (accepts a ``Config`` or a ``DataConfig``).
+
+    Also checks that every training and validation dataset maps into that space: it is the first
+    thing every consumer asks of a data config, so an impossible combination stops start-up here.
+    """
+    from lseg.data.registry import check_label_space
+
+    d = _data_cfg(cfg)
+    check_label_space(d)
+    return list(label_space(d).prompts)
 
 
 def write_class_names(cfg: Any, run_dir: str | os.PathLike) -> Path:
-    """Write ``<run_dir>/class_names.txt`` (one name per line, line number = universal id)."""
+    """Write ``<run_dir>/class_names.txt`` (one name per line, line number = label-space id)."""
     path = Path(run_dir) / CLASS_NAMES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".txt.tmp")

@@ -79,9 +79,3 @@ def resolve_lists_root(data_root: str | os.PathLike, lists_root: str | os.PathLi
 
 def split_list_path(lists_root: Path, dataset: str, split: str) -> Path:
     return lists_root / dataset / "list" / f"{split}.txt"
-
-
-def check_dataset_name(name: str) -> str:
-    if name not in DATASET_DIRS:
-        raise DataError(f"unknown dataset '{name}': supported are {', '.join(SUPPORTED_DATASETS)}")
-    return name

@@ -134,6 +134,31 @@ def load_taxonomy(mseg_root: str | os.PathLike | None = None) -> Taxonomy:
     return _load_cached(str(resolve_mseg_root(mseg_root)))
 
 
+@functools.lru_cache(maxsize=8)
+def _column_cached(root: str, column: str) -> dict[str, int]:
+    tsv = Path(root) / MASTER_TSV
+    lines = [line for line in read_lines(tsv) if line.strip()]
+    header = [h.strip() for h in lines[0].split("\t")]
+    if column not in header:
+        raise DataError(f"{tsv}: no column for dataset '{column}'")
+    rows = [line.split("\t") for line in lines[1:]]
+    last = len(rows) - 1  # the final 'unlabeled' row: ignore, not a class
+    out: dict[str, int] = {}
+    for row_id, row in enumerate(rows):
+        for name in parse_cell(row[header.index(column)]):
+            out[name] = IGNORE_INDEX if row_id >= last else row_id
+    return out
+
+
+def column_ids(mseg_root: str | os.PathLike | None, column: str) -> dict[str, int]:
+    """Class name -> universal id (255 = unlabeled) of any dataset column of ``MSeg_master.tsv``.
+
+    Why by name: MSeg numbers a dataset's classes by its own names file (alphabetical for
+    ``ade20k-150``), which need not be the order of the dataset's mask values.
+    """
+    return _column_cached(str(resolve_mseg_root(mseg_root)), column)
+
+
 def table_as_dict(table: np.ndarray, num_classes: int) -> dict[str, int]:
     return {str(i): int(table[i]) for i in range(num_classes)}
 

@@ -30,17 +30,20 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from lseg import data as lseg_data
 from lseg import faults, runtime
 from lseg.checkpoint_io import load_checkpoint
-from lseg.checkpoints.manager import CheckpointManager
+from lseg.checkpoints.manager import BEST_METRIC, BEST_METRIC_HOLDOUT, CheckpointManager
 from lseg.checkpoints.payload import checkpoint_payload, ema_image_state, provenance, rng_state, set_rng_state
 from lseg.config import Config, ConfigError, dump_yaml, to_dict
+from lseg.data.holdout import run_holdout
 from lseg.distributed import DistInfo
 from lseg.evaluation.scoring import argmax_predictor, eval_mode, score
 from lseg.engine.loss import upsampled_segmentation_loss
+from lseg.engine.per_sample import PerSampleLabels, check_label_set
 from lseg.engine.optim import build_optimizer, build_scheduler
 from lseg.engine.preemption import PreemptionFlag, decide
 from lseg.engine.writers import ConsoleWriter, JsonlWriter, TensorboardWriter
 from lseg.metrics import metrics_to_scalars
 from lseg.models import build_model
+from lseg.models.init_from import file_sha256, init_weights
 from lseg.models.loading import first_mismatch
 from lseg.models.text import LabelError
 from lseg.visualize import panel
@@ -71,10 +74,15 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
 
-        self.class_names = lseg_data.class_names(cfg)
+        self.class_names = lseg_data.class_names(cfg)  # the full label space: what evaluation scores
+        # Held-out classes: training sees only the seen prompts, and labels go through train_lut first.
+        self.holdout = run_holdout(cfg, self.class_names)
+        self.train_lut = self.holdout.train_lut.to(self.device) if self.holdout.active else None
+        check_label_set(cfg)  # train.label_set=per_sample: each batch's labels are its samples' classes
+        self.per_sample = PerSampleLabels(cfg) if cfg.train.label_set == "per_sample" else None
         self.model = build_model(cfg.model).to(self.device)
         try:
-            self.text_features = self.model.text.encode(self.class_names).to(self.device)
+            self._encode_labels()
         except LabelError as exc:  # labels[i] is universal class i
             source = f"data.class_names_file={cfg.data.class_names_file}" if cfg.data.class_names_file else "class names"
             raise ConfigError(f"{source}: {exc}") from None
@@ -98,7 +106,8 @@ class Trainer:
         self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
         self.params = [p for p in image.parameters() if p.requires_grad]
 
-        self.ckpt = CheckpointManager(self.run_dir, cfg.train.keep_last, cfg.train.keep_every)
+        self.ckpt = CheckpointManager(self.run_dir, cfg.train.keep_last, cfg.train.keep_every,
+                                      BEST_METRIC_HOLDOUT if self.holdout.active else BEST_METRIC)
         self.step = 0
         self.epoch = 0
         self.samples_in_epoch = 0  # per rank
@@ -116,6 +125,7 @@ class Trainer:
         self._window: list[dict[str, float]] = []
         self._step_times: list[float] = []
         self.flag: PreemptionFlag | None = None  # installed by train(); run_step works without it
+        self.init_source: dict[str, Any] | None = None  # train.init_from's file + sha256, kept in provenance
 
     # ------------------------------------------------------------------ setup
     def setup_run_dir(self) -> None:
@@ -140,14 +150,14 @@ class Trainer:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def resume(self) -> None:
-        """Load the newest valid checkpoint of the run dir (rank 0 chooses, all ranks load it)."""
+    def resume(self) -> str | None:
+        """Load the newest valid checkpoint of the run dir (rank 0 chooses, all ranks load it); its path."""
         if self.info.is_main:
             self.ckpt.remove_stale_temp_files()  # left by a kill -9 during a save
         found = self.ckpt.latest_valid() if (self.cfg.train.resume and self.info.is_main) else None
         path = self._broadcast(str(found[0]) if found else None)
         if path is None:
-            return
+            return None
         state = found[1] if found else load_checkpoint(path)  # other ranks load rank 0's choice
         problem = first_mismatch(self.model.state_dict(), state["model"])
         if problem is not None:  # a checkpoint of another architecture in this run dir
@@ -171,15 +181,42 @@ class Trainer:
         self.epoch = int(state["sampler"]["epoch"])
         self.samples_in_epoch = int(state["sampler"]["position"])
         self.counters.update(state.get("counters", {}))
-        self.text_features = self.model.text.encode(self.class_names).to(self.device)  # weights may differ
+        self._encode_labels()  # weights may differ
         if saved_world == self.world:
             set_rng_state(state["rng"][self.info.rank])
         else:  # keep the global position in the epoch, re-split over the new world size
             global_pos = self.samples_in_epoch * saved_world
             per_micro = self.cfg.train.batch_size
             self.samples_in_epoch = (global_pos // self.world) // per_micro * per_micro
+        self.init_source = state.get("provenance", {}).get("init_from")
         log.info("resumed from %s at step %d (epoch %d, sample %d of this rank's shard)",
                  path, self.step, self.epoch, self.samples_in_epoch)
+        return path
+
+    def init_from_weights(self) -> None:
+        """``train.init_from``: the source's weights only; step, optimizer, schedule and sampler stay fresh.
+
+        Every rank reads the same file, so all start identical; rank 0 hashes it for the provenance.
+        """
+        t = self.cfg.train
+        state = init_weights(t.init_from, self.model.state_dict(), t.init_exclude, t.init_ema,
+                             to_dict(self.cfg)["model"])
+        self.model.load_state_dict({**self.model.state_dict(), **state})
+        if self.ema is not None:  # the EMA starts from the weights the run starts from
+            self.ema.module.load_state_dict(self.model.image.state_dict())
+        self._encode_labels()
+        sha = self._broadcast(file_sha256(t.init_from) if self.info.is_main else None)
+        self.init_source = {"path": str(Path(t.init_from).resolve()), "sha256": sha,
+                            "weights": "ema" if t.init_ema else "model", "excluded": list(t.init_exclude)}
+        log.info("initialised from %s (sha256 %s, %s weights, %d of %d tensors taken); step 0, fresh optimizer",
+                 self.init_source["path"], sha, self.init_source["weights"], len(state), len(self.model.state_dict()))
+        self._write({}, init_from=self.init_source["path"], init_from_sha256=sha)
+
+    def _encode_labels(self) -> None:
+        """Label embeddings from the text tower's current weights (the run's prompts; per-sample classes)."""
+        self.text_features = self.model.text.encode(self.holdout.train_prompts).to(self.device)
+        if self.per_sample is not None:
+            self.per_sample.encode(self.model.text, self.device)
 
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> dict[str, torch.Tensor]:
@@ -217,6 +254,11 @@ class Trainer:
             data_wait += time.perf_counter() - t0
             images = batch["image"].to(self.device, non_blocking=True)
             labels = batch["label"].to(self.device, non_blocking=True)
+            if self.train_lut is not None:  # held-out pixels -> ignore, seen ids -> training indices
+                labels = self.train_lut[labels]
+            features = self.text_features
+            if self.per_sample is not None:  # ["others"] + the batch's classes, foreground relabelled
+                labels, features = self.per_sample.batch(batch["class_id"].to(self.device), labels)
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             num_bad += int(batch["num_bad"].sum())
@@ -224,7 +266,7 @@ class Trainer:
             sync = micro == accum - 1 or self.world == 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with runtime.autocast(self.device, cfg.train.precision):
-                    logit_map = self.forward(images, self.text_features, upsample=False)
+                    logit_map = self.forward(images, features, upsample=False)
                 loss = upsampled_segmentation_loss(logit_map, labels, cfg.train.loss_chunks)
                 self._phase("backward")
                 self.scaler.scale(loss / accum).backward()
@@ -305,11 +347,19 @@ class Trainer:
         """Score every ``data.val_datasets`` on all ranks; log per-dataset and overall metrics and panels."""
         cfg = self.cfg
         model = self.ema.module if self.ema is not None else self.model.image
+        if self.per_sample is not None:  # 2-way ("others", its class) per sample, as the FSS-1000 test
+            with eval_mode(model):
+                scalars = self.per_sample.evaluate(model, cfg, self.info.rank, self.world, self.device)
+            self._write(scalars)
+            return scalars
         total = None
+        unseen = self.holdout.unseen_ids
         scalars: dict[str, float] = {}
         panels: list = []
         with eval_mode(model):
-            predict = argmax_predictor(model, self.text_features, cfg.train.precision)
+            features = (self.model.text.encode(self.class_names).to(self.device) if self.holdout.active
+                        else self.text_features)  # held-out classes are scored too
+            predict = argmax_predictor(model, features, cfg.train.precision)
             for name in cfg.data.val_datasets:
                 loader = lseg_data.build_val_loader(cfg, name, self.info.rank, self.world,
                                                     max_samples=cfg.eval.max_samples)
@@ -317,9 +367,9 @@ class Trainer:
                                num_panels=cfg.eval.num_image_panels - len(panels))
                 panels += result.panels
                 total = result.confusion if total is None else total + result.confusion
-                scalars.update({k: v for k, v in metrics_to_scalars(result.confusion, self.class_names,
-                                                                    f"eval/{name}").items() if "_iou/" not in k})
-        scalars.update(metrics_to_scalars(total, self.class_names, "eval"))
+                per_dataset = metrics_to_scalars(result.confusion, self.class_names, f"eval/{name}", unseen)
+                scalars.update({k: v for k, v in per_dataset.items() if "_iou/" not in k})
+        scalars.update(metrics_to_scalars(total, self.class_names, "eval", unseen))
         self._write(scalars)
         if self.tb is not None:
             for i, (img, gt, pred) in enumerate(panels):
@@ -340,7 +390,8 @@ class Trainer:
                 self.model.state_dict(), to_dict(self.cfg), optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), step=self.step,
                 sampler={"epoch": self.epoch, "position": self.samples_in_epoch}, rng=rngs,
-                counters=dict(self.counters), provenance=provenance(self.world), **ema)
+                counters=dict(self.counters), **ema,
+                provenance={**provenance(self.world), **({"init_from": self.init_source} if self.init_source else {})})
             path = self.ckpt.save(state, self.step)
             log.info("saved %s", path)
         if self.world > 1:
@@ -354,9 +405,16 @@ class Trainer:
         status = None
         try:
             self.setup_run_dir()
-            self.resume()
+            resumed = self.resume()
+            if cfg.train.init_from and resumed:
+                log.info("resuming from %s; train.init_from ignored", resumed)
+            elif cfg.train.init_from:
+                self.init_from_weights()
             log.info("training %s from step %d to %d on %d process(es), device %s",
                      self.run_dir, self.step, cfg.train.max_steps, self.world, self.device)
+            if self.holdout.active:
+                held = [self.class_names[c] for c in self.holdout.unseen_ids]
+                log.info("held out %d class(es), never trained on and scored as unseen: %s", len(held), ", ".join(held))
             self.model.image.train()
             if cfg.train.freeze_bn:
                 for m in self.model.image.modules():

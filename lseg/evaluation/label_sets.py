@@ -5,13 +5,21 @@ on the queries. A sweep compares the training names (``universal``), a dataset's
 list (``dataset``: fewer distractors) and unseen wordings of the same classes (``synonyms`` or a
 user's file) on the same images.
 
-  ``universal``  the 194 readable universal names; ground truth = universal ids.
-  ``dataset``    the dataset's own (relabeled) class names only, scored on that dataset's relabeled
-                 ids (universal ids mapped back through the MSeg table).
+  ``universal``  the 194 readable universal names; ground truth = universal ids (datasets with a
+                 mapping into the MSeg taxonomy only).
+  ``dataset``    the dataset's own class names only: for MSeg's relabeled sets scored on their
+                 relabeled ids (universal ids mapped back through the MSeg table); for every other
+                 registered dataset (ADE20K-150, FoodSeg103, folder, ...) its own class list and
+                 prompts, ground truth read in the dataset's own label space.
   ``synonyms``   shorthand for configs/label_sets/universal_synonyms.yaml.
-  ``X.yaml``     a substitution set: ``substitutions: {universal_name: synonym | [synonyms]}``;
-                 other classes keep their training name.
-  ``X.txt``      one prompt per universal class (194 lines, id order); ``a | b`` gives alternatives.
+  ``X.yaml``     a substitution set: ``substitutions: {class_name: synonym | [synonyms]}``; other
+                 classes keep their training name. ``label_space: <dataset>`` keys it by that
+                 dataset's own class names (default: universal names).
+  ``X.txt``      one prompt per class, id order: 194 lines (universal) or one per class of the
+                 dataset's own list; ``a | b`` gives alternatives.
+
+Each label set says which label space its ground truth is read in (``space``); the sweep builds
+one loader per (dataset, space).
 
 Several prompts for one class are scored by the maximum of their logits
 (:func:`lseg.inference.reduce_prompts`).
@@ -45,6 +53,7 @@ class LabelSet:
     gt_lut: torch.Tensor  # int64[256]: universal id -> evaluated class id (255 = ignore)
     substituted: list[bool]  # per class: prompt differs from the training name
     fingerprint: str = ""  # content hash, part of the cell id
+    space: str = "universal"  # label space the loader delivers the ground truth in
 
     @property
     def num_classes(self) -> int:
@@ -69,19 +78,18 @@ def _split_alternatives(text: str) -> list[str]:
 
 
 def build_label_set(name: str, class_names: list[str], per_class: list[list[str]], lut: torch.Tensor,
-                    substituted: list[bool]) -> LabelSet:
-    """A label set from the prompts of each class (in class order)."""
+                    substituted: list[bool], space: str = "universal") -> LabelSet:
+    """A label set from the prompts of each class (in class order); ``space``: where its ground truth is."""
     prompts, groups = [], []
     for c, alts in enumerate(per_class):
         for a in alts:
             prompts.append(a)
             groups.append(c)
     return LabelSet(name, class_names, prompts, groups, lut, substituted,
-                    fingerprint(name, class_names, per_class, lut.tolist()))
+                    fingerprint(name, class_names, per_class, lut.tolist()), space)
 
 
-def load_substitutions(path: Path, universal: Sequence[str]) -> tuple[str, dict[int, list[str]]]:
-    """(set name, universal id -> prompts) from a substitution YAML; unknown classes are an error."""
+def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -90,17 +98,27 @@ def load_substitutions(path: Path, universal: Sequence[str]) -> tuple[str, dict[
         raise SweepError(f"malformed YAML in label set {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SweepError(f"label set {path}: expected a mapping with 'substitutions'")
+    return data
+
+
+def load_substitutions(path: Path, universal: Sequence[str], space: str = "universal",
+                       prompts: Sequence[str] = ()) -> tuple[str, dict[int, list[str]]]:
+    """(set name, class id -> prompts) from a substitution YAML keyed by ``space``'s class names
+    (``universal``: the raw or readable universal names; a dataset: its names or prompts).
+    Unknown classes are an error."""
+    data = _read_yaml(path)
     subs = data.get("substitutions", data if "name" not in data else None)
     if not isinstance(subs, dict) or not subs:
         raise SweepError(f"label set {path}: 'substitutions' must be a non-empty mapping class -> synonym")
     by_name = {n: i for i, n in enumerate(universal)}
-    by_name.update({n.replace("_", " "): i for i, n in enumerate(universal)})
+    for i, n in [*enumerate(n.replace("_", " ") for n in universal), *enumerate(prompts)]:
+        by_name.setdefault(n, i)
     out: dict[int, list[str]] = {}
     for key, value in subs.items():
         if str(key) not in by_name:
             close = difflib.get_close_matches(str(key), list(by_name), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise SweepError(f"label set {path}: '{key}' is not a universal class{hint}")
+            raise SweepError(f"label set {path}: '{key}' is not a {space} class{hint}")
         values = value if isinstance(value, list) else [value]
         prompts = [p for v in values for p in _split_alternatives(v)]
         if not prompts:
@@ -127,31 +145,68 @@ def _dataset_label_set(dataset: str, taxonomy, universal_prompts: Sequence[str])
     return build_label_set("dataset", classes, per_class, lut, [False] * len(classes))
 
 
-def resolve_label_set(spec: str, dataset: str, taxonomy, universal_prompts: Sequence[str]) -> LabelSet:
-    """Turn a ``--label-sets`` entry into a :class:`LabelSet` for ``dataset``."""
+def _own_label_set(dataset: str, own) -> LabelSet:
+    n = len(own.classes)
+    return build_label_set("dataset", list(own.classes), [[p] for p in own.prompts], identity_lut(n),
+                           [False] * n, space=dataset)
+
+
+def resolve_label_set(spec: str, dataset: str, taxonomy, universal_prompts: Sequence[str], own=None,
+                      spaces: Sequence[str] = ("universal",)) -> LabelSet:
+    """Turn a ``--label-sets`` entry into a :class:`LabelSet` for ``dataset``.
+
+    ``own``: the dataset's own :class:`lseg.data.LabelSpace` (None for MSeg's relabeled sets, whose
+    classes come from ``taxonomy``); ``spaces``: the label spaces the dataset maps into.
+    """
     universal = list(taxonomy.universal)
     n = len(universal)
     if len(universal_prompts) != n:
         raise SweepError(f"expected {n} universal class names, got {len(universal_prompts)}")
+
+    def need_universal(what: str) -> None:
+        if "universal" not in spaces:
+            raise SweepError(f"label set '{what}': dataset {dataset} has no mapping into the universal classes; "
+                             f"use --label-sets dataset or a substitution file with 'label_space: {dataset}'")
+
     if spec == "universal":
+        need_universal(spec)
         return build_label_set("universal", universal, [[p] for p in universal_prompts], identity_lut(n),
                                [False] * n)
     if spec in ("dataset", "own"):
-        return _dataset_label_set(dataset, taxonomy, universal_prompts)
+        return _dataset_label_set(dataset, taxonomy, universal_prompts) if own is None else _own_label_set(dataset, own)
     path = SYNONYMS_FILE if spec == "synonyms" else Path(spec)
     if path.suffix.lower() in (".yaml", ".yml"):
-        name, subs = load_substitutions(path, universal)
-        per_class = [subs.get(i, [universal_prompts[i]]) for i in range(n)]
-        return build_label_set(name, universal, per_class, identity_lut(n), [i in subs for i in range(n)])
+        space = str(_read_yaml(path).get("label_space") or "universal")
+        if space == "universal":
+            need_universal(spec)
+            name, subs = load_substitutions(path, universal)
+            per_class = [subs.get(i, [universal_prompts[i]]) for i in range(n)]
+            return build_label_set(name, universal, per_class, identity_lut(n), [i in subs for i in range(n)])
+        if own is None or space != dataset:
+            raise SweepError(f"label set {path} is keyed by {space}'s classes (label_space: {space}); "
+                             f"it cannot score dataset {dataset}")
+        name, subs = load_substitutions(path, own.classes, space, own.prompts)
+        k = len(own.classes)
+        per_class = [subs.get(i, [own.prompts[i]]) for i in range(k)]
+        return build_label_set(name, list(own.classes), per_class, identity_lut(k), [i in subs for i in range(k)],
+                               space=dataset)
     if not path.is_file():
         raise SweepError(f"unknown label set '{spec}': use universal, dataset, synonyms, a .yaml "
-                         "substitution set or a .txt file with one prompt per universal class")
+                         "substitution set or a .txt file with one prompt per class")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     while lines and not lines[-1]:
         lines.pop()
-    if len(lines) != n or any(not ln for ln in lines):
-        raise SweepError(f"label set {path}: need {n} non-empty lines (one per universal class, id order), "
-                         f"got {len(lines)}")
+    if any(not ln for ln in lines):
+        raise SweepError(f"label set {path}: empty line {lines.index('') + 1} (one prompt per class, id order)")
     per_class = [_split_alternatives(ln) for ln in lines]
+    if own is not None and len(lines) == len(own.classes):
+        subst = [per_class[i] != [own.prompts[i]] for i in range(len(lines))]
+        return build_label_set(path.stem, list(own.classes), per_class, identity_lut(len(lines)), subst,
+                               space=dataset)
+    if len(lines) != n:
+        own_n = f" or {len(own.classes)} ({dataset}'s classes)" if own is not None else ""
+        raise SweepError(f"label set {path}: need {n} non-empty lines (one per universal class, id order){own_n}, "
+                         f"got {len(lines)}")
+    need_universal(spec)
     subst = [per_class[i] != [universal_prompts[i]] for i in range(n)]
     return build_label_set(path.stem, universal, per_class, identity_lut(n), subst)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from lseg.checkpoint_io import save_atomic, write_text_atomic
-from lseg.metrics import segmentation_metrics
+from lseg.metrics import seen_unseen_metrics, segmentation_metrics
 
 CSV_COLUMNS = [
     "checkpoint", "step", "dataset", "label_set", "protocol", "scales", "flip", "base_size", "crop_size",
@@ -30,19 +30,25 @@ CSV_COLUMNS = [
     "checkpoint_path", "cell_id", "per_class_iou",
 ]
 PER_CLASS_COLUMNS = ["cell_id", "checkpoint", "step", "dataset", "label_set", "protocol", "class", "iou", "gt_pixels"]
+#: Added after ``mIoU_sub`` (CSV) / as the last column (per-class CSV) only when a cell has held-out classes.
+HOLDOUT_COLUMNS = ["mIoU_seen", "mIoU_unseen", "hIoU", "unseen_classes"]
 #: Cell settings logged as TensorBoard hparams.
 HPARAM_KEYS = ("checkpoint", "step", "dataset", "label_set", "protocol", "scales", "flip", "base_size", "crop_size",
                "stride", "weights", "precision")
-SCALAR_KEYS = ("mIoU", "pixel_acc", "fwIoU", "mIoU_sub")
+SCALAR_KEYS = ("mIoU", "pixel_acc", "fwIoU", "mIoU_sub", "mIoU_seen", "mIoU_unseen", "hIoU")
 
 
 def cell_record(conf: torch.Tensor, class_names: list[str], substituted: list[bool], images: int, bad: int,
-                seconds: float, **settings: Any) -> dict[str, Any]:
+                seconds: float, unseen: list[int] | None = None, **settings: Any) -> dict[str, Any]:
     """The JSON record of one finished cell: ``settings`` (ids, checkpoint, protocol, ...) plus metrics.
 
     ``mIoU_sub`` averages the substituted (synonym) classes that occur; None when there are none.
+    ``unseen``: the classes the checkpoint was trained without (held out); when given, the record
+    adds ``mIoU_seen``, ``mIoU_unseen``, ``hIoU`` and ``unseen_classes`` (names).
     """
     m = segmentation_metrics(conf)
+    held = {} if unseen is None else {**seen_unseen_metrics(conf, unseen),
+                                      "unseen_classes": [class_names[c] for c in unseen]}
     iou = m["per_class_iou"]
     sub = [iou[c] for c in range(len(class_names)) if substituted[c] and m["present"][c]]
     return {
@@ -51,6 +57,7 @@ def cell_record(conf: torch.Tensor, class_names: list[str], substituted: list[bo
         "classes_present": int(sum(m["present"])),
         "mIoU": m["mIoU"], "pixel_acc": m["pixel_acc"], "fwIoU": m["fwIoU"],
         "mIoU_sub": (sum(sub) / len(sub)) if sub else None,
+        **held,
         "seconds": round(seconds, 2),
         "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "per_class_iou": {class_names[c]: (None if math.isnan(v) else v) for c, v in enumerate(iou)},
@@ -90,6 +97,10 @@ def _csv(rows: list[list[Any]]) -> str:
     return buf.getvalue()
 
 
+#: The same lock and CSV text for other result folders (the zero-shot benchmark tables).
+locked, csv_text = _locked, _csv
+
+
 def pct(v: Any) -> str:
     """A 0..1 metric as a percentage with two decimals ('–' when absent)."""
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
@@ -115,23 +126,33 @@ def load_records(out_dir: Path) -> list[dict]:
 def write_tables(out_dir: Path) -> list[dict]:
     """Rebuild results.csv, per_class.csv and results.md from every finished cell."""
     recs = load_records(out_dir)
-    write_text_atomic(_csv([CSV_COLUMNS] + [[r.get(c) for c in CSV_COLUMNS] for r in recs]), out_dir / "results.csv")
-    per_class: list[list[Any]] = [PER_CLASS_COLUMNS]
+    holdout = any("unseen_classes" in r for r in recs)  # columns appear only when some checkpoint held out classes
+    at = CSV_COLUMNS.index("mIoU_sub") + 1
+    columns = CSV_COLUMNS[:at] + HOLDOUT_COLUMNS + CSV_COLUMNS[at:] if holdout else CSV_COLUMNS
+    write_text_atomic(_csv([columns] + [[r.get(c) for c in columns] for r in recs]), out_dir / "results.csv")
+    per_class: list[list[Any]] = [PER_CLASS_COLUMNS + (["unseen"] if holdout else [])]
     for r in recs:
+        unseen = set(r.get("unseen_classes", ()))
         for name, iou in r["per_class_iou"].items():
             per_class.append([r["cell_id"], r["checkpoint"], r["step"], r["dataset"], r["label_set"], r["protocol"],
-                              name, iou, r.get("gt_pixels", {}).get(name)])
+                              name, iou, r.get("gt_pixels", {}).get(name)] + ([name in unseen] if holdout else []))
     write_text_atomic(_csv(per_class), out_dir / "per_class.csv")
+    extra = " mIoU seen | mIoU unseen | hIoU |" if holdout else ""
     lines = [
-        "| checkpoint | step | dataset | label set | protocol | images | mIoU | pixel acc | fwIoU | mIoU (subst.) |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|",
+        "| checkpoint | step | dataset | label set | protocol | images | mIoU | pixel acc | fwIoU | mIoU (subst.) |"
+        + extra,
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" * 3 if holdout else ""),
     ]
     for r in recs:
+        held = "".join(f" {pct(r.get(k))} |" for k in HOLDOUT_COLUMNS[:3]) if holdout else ""
         lines.append(f"| {r['checkpoint']} | {r['step'] if r['step'] is not None else ''} | {r['dataset']} | "
                      f"{r['label_set']} | {r['protocol']} | {r['num_images']} | {pct(r['mIoU'])} | "
-                     f"{pct(r['pixel_acc'])} | {pct(r['fwIoU'])} | {pct(r['mIoU_sub'])} |")
+                     f"{pct(r['pixel_acc'])} | {pct(r['fwIoU'])} | {pct(r['mIoU_sub'])} |" + held)
     note = ("\nValues in %. mIoU averages the classes present in the ground truth or the prediction; "
             "'subst.' = substituted (synonym) classes only.\n")
+    if holdout:
+        note += ("'seen' / 'unseen': the classes a checkpoint was trained with / without (data.holdout_classes); "
+                 "hIoU = 2 seen unseen / (seen + unseen).\n")
     write_text_atomic("\n".join(lines) + "\n" + note, out_dir / "results.md")
     return recs
 
@@ -156,11 +177,11 @@ def publish(out_dir: Path, rec: dict, conf: torch.Tensor, writer=None) -> None:
     tag = f"{rec['dataset']}/{rec['label_set']}/{rec['protocol']}"
     step = rec["step"] if rec["step"] is not None else 0
     for k in SCALAR_KEYS:
-        if _finite(rec[k]):
+        if _finite(rec.get(k)):
             writer.add_scalar(f"{tag}/{k}", rec[k], step)
     hparams = {k: ("" if rec[k] is None else rec[k] if isinstance(rec[k], (int, float, str, bool)) else str(rec[k]))
                for k in HPARAM_KEYS if k in rec}
-    metrics = {f"hparam/{k}": rec[k] for k in ("mIoU", "pixel_acc", "fwIoU") if _finite(rec[k])}
+    metrics = {f"hparam/{k}": rec[k] for k in ("mIoU", "pixel_acc", "fwIoU", "hIoU") if _finite(rec.get(k))}
     writer.add_hparams(hparams, metrics, run_name=rec["cell_id"])
     writer.flush()
 

@@ -25,6 +25,8 @@ import torch
 from lseg import distributed, runtime
 from lseg.checkpoints import list_run_checkpoints, select_last, step_of
 from lseg.config import Config, load_config
+from lseg.data import DataError, label_space
+from lseg.data.holdout import resolve_holdout, unseen_classes
 from lseg.evaluation import SweepError
 from lseg.evaluation.label_sets import LabelSet, fingerprint, resolve_label_set
 from lseg.evaluation.reports import Progress, cell_record, done_cells, pct, publish, write_tables
@@ -154,10 +156,14 @@ def plan_cells(s: SweepSettings, cfg: Config, taxonomy, universal_prompts: Seque
     plan = Plan([], [])
     refs = checkpoint_refs(s)
     protocols = build_protocols(s, cfg)
+    own: dict[str, tuple] = {}
     for ref in refs:
         for ds in s.datasets or cfg.data.val_datasets:
+            if ds not in own:
+                own[ds] = dataset_classes(cfg, ds, taxonomy)
             for spec in s.label_sets:
-                ls = plan.label_sets.get((spec, ds)) or resolve_label_set(spec, ds, taxonomy, universal_prompts)
+                ls = plan.label_sets.get((spec, ds)) or resolve_label_set(spec, ds, taxonomy, universal_prompts,
+                                                                          *own[ds])
                 plan.label_sets[(spec, ds)] = ls
                 for proto in protocols:
                     ident = fingerprint(ref.path, ds, ls.fingerprint, proto.describe(), proto.pad_value,
@@ -172,6 +178,14 @@ def plan_cells(s: SweepSettings, cfg: Config, taxonomy, universal_prompts: Seque
     done = done_cells(Path(s.output_dir))
     plan.pending = [c for c in plan.cells if c.cell_id not in done]
     return plan
+
+
+def dataset_classes(cfg: Config, dataset: str, taxonomy) -> tuple[Any, tuple[str, ...]]:
+    """(own label space or None for MSeg's relabeled sets, label spaces ``dataset`` maps into)."""
+    from lseg.data import label_space, registry
+
+    spec = registry.get(dataset)
+    return (None if dataset in taxonomy.tables else label_space(cfg, dataset)), tuple(spec.mappings)
 
 
 def resolve_config(s: SweepSettings) -> Config:
@@ -204,12 +218,13 @@ def protocol_predictor(model: torch.nn.Module, labels: LabelSet, protocol: Proto
 
 def run_sweep(s: SweepSettings) -> int:
     """List, submit or run the sweep's pending cells; returns the exit status."""
-    from lseg.data.names import class_names
+    from lseg.data.names import universal_class_names
     from lseg.data.taxonomy import load_taxonomy
 
     cfg = resolve_config(s)
     taxonomy = load_taxonomy(cfg.data.mseg_root)
-    plan = plan_cells(s, cfg, taxonomy, class_names(cfg))
+    overrides = cfg.data.class_names_file if cfg.data.label_space == "universal" else None
+    plan = plan_cells(s, cfg, taxonomy, universal_class_names(cfg.data.mseg_root, overrides))
     out_dir = Path(s.output_dir)
     if s.list_only or (s.dry_run and not s.submit):
         pending = {c.cell_id for c in plan.pending}
@@ -254,7 +269,23 @@ def submit(s: SweepSettings, pending: list[Cell], out_dir: Path) -> int:
     return 0
 
 
+def cell_unseen(held: Sequence[str], cfg: Config, labels: LabelSet) -> list[int] | None:
+    """The label set's classes a checkpoint was trained without (its config's ``data.holdout_classes``),
+    found by name in the label space the set reads its ground truth in; None when the checkpoint held
+    out nothing, or when a held-out class has no namesake there (no seen/unseen split is claimed)."""
+    if not held:
+        return None
+    space = label_space(cfg, labels.space)
+    try:
+        ids = resolve_holdout(list(space.prompts), held, list(space.classes), space.name).unseen_ids
+    except DataError as exc:
+        print(f"warning: {labels.name} on {labels.space}: no seen/unseen scores ({exc})", file=sys.stderr)
+        return None
+    return unseen_classes(labels.gt_lut, ids)
+
+
 def _score_pending(s: SweepSettings, cfg: Config, plan: Plan, info, device: torch.device) -> int:
+    from lseg.checkpoint_io import load_checkpoint
     from lseg.data import build_val_loader
     from lseg.models import load_model
 
@@ -268,12 +299,16 @@ def _score_pending(s: SweepSettings, cfg: Config, plan: Plan, info, device: torc
             write_tables(out_dir)
         return 0
     workers = cfg.data.num_workers if s.num_workers is None else s.num_workers
-    loaders = {ds: build_val_loader(cfg, ds, info.rank, info.world_size,
-                                    max_samples=_ALL if s.max_samples is None else s.max_samples,
-                                    num_workers=workers, pin_memory=device.type == "cuda",
-                                    transform=keep_original, batch_size=1)
-               for ds in dict.fromkeys(c.dataset for c in plan.pending)}
-    progress = Progress(sum(len(loaders[c.dataset]) for c in plan.pending), enabled=main_rank)
+
+    def key(c: Cell) -> tuple[str, str]:  # each label set reads the ground truth in its own label space
+        return c.dataset, plan.label_sets[(c.label_set, c.dataset)].space
+
+    loaders = {(ds, space): build_val_loader(cfg, ds, info.rank, info.world_size,
+                                             max_samples=_ALL if s.max_samples is None else s.max_samples,
+                                             num_workers=workers, pin_memory=device.type == "cuda",
+                                             transform=keep_original, batch_size=1, label_space=space)
+               for ds, space in dict.fromkeys(key(c) for c in plan.pending)}
+    progress = Progress(sum(len(loaders[key(c)]) for c in plan.pending), enabled=main_rank)
     writer = None
     if main_rank:
         from torch.utils.tensorboard import SummaryWriter
@@ -284,17 +319,20 @@ def _score_pending(s: SweepSettings, cfg: Config, plan: Plan, info, device: torc
         for k, cell in enumerate(plan.pending, 1):
             if cell.ckpt.path != model_path:
                 model = None  # free the previous one first
-                model = load_model(cell.ckpt.path, device=device, use_ema=s.ema)
-                model_path = cell.ckpt.path
+                ckpt = load_checkpoint(cell.ckpt.path)
+                model = load_model(cell.ckpt.path, device=device, use_ema=s.ema, checkpoint=ckpt)
+                held = (ckpt["config"].get("data") or {}).get("holdout_classes") or []
+                model_path, ckpt = cell.ckpt.path, None
             labels = plan.label_sets[(cell.label_set, cell.dataset)]
             progress.set_description(f"[{k}/{len(plan.pending)}] {cell.title()}")
             t0 = time.perf_counter()
-            result = score(protocol_predictor(model, labels, cell.protocol, s.precision), loaders[cell.dataset],
+            result = score(protocol_predictor(model, labels, cell.protocol, s.precision), loaders[key(cell)],
                            labels.num_classes, device, target_map=labels.gt_lut, on_batch=progress.update)
             if main_rank:
                 rec = cell_record(
                     result.confusion, labels.class_names, labels.substituted, result.images, result.bad,
-                    time.perf_counter() - t0, cell_id=cell.cell_id, checkpoint=cell.ckpt.label,
+                    time.perf_counter() - t0, unseen=cell_unseen(held, cfg, labels),
+                    cell_id=cell.cell_id, checkpoint=cell.ckpt.label,
                     checkpoint_path=cell.ckpt.path, step=cell.ckpt.step, dataset=cell.dataset,
                     label_set=cell.label_set_name, **cell.protocol.describe(), weights="ema" if s.ema else "model",
                     precision=s.precision, world_size=info.world_size, device=device.type)

@@ -1,7 +1,8 @@
 """Official lang-seg checkpoint -> our checkpoint (the CLI is tools/convert_langseg.py).
 
 Official names and ours differ only by prefixes, plus dead weights that the official forward never
-uses and that we do not create.
+uses and that we do not create. The image encoder is read off the file (ViT width and patch size,
+or the zero-shot ResNet-101's stage keys), because the official files do not record it.
 """
 from __future__ import annotations
 
@@ -16,10 +17,18 @@ import torch
 from lseg.checkpoint_io import CheckpointError, load_checkpoint
 from lseg.checkpoints.payload import checkpoint_payload
 from lseg.config import Config, ModelConfig, to_dict
+from lseg.models.backbone import BACKBONES, backbone_name, backbone_spec
 from lseg.models.lseg import build_model
 
-# Official prefix -> our prefix, first match wins.
+# Official prefix -> our prefix, first match wins (both ways: the ResNet ones before the ViT one).
 _PREFIXES: list[tuple[str, str]] = [
+    # zero-shot ResNet-101: pretrained.layer1 = Sequential(conv1, bn1, relu, maxpool, layer1)
+    ("pretrained.layer1.0.", "image.backbone.model.conv1."),
+    ("pretrained.layer1.1.", "image.backbone.model.bn1."),
+    ("pretrained.layer1.4.", "image.backbone.model.layer1."),
+    ("pretrained.layer2.", "image.backbone.model.layer2."),
+    ("pretrained.layer3.", "image.backbone.model.layer3."),
+    ("pretrained.layer4.", "image.backbone.model.layer4."),
     ("pretrained.model.", "image.backbone.model."),
     ("scratch.head1.", "image.head1."),
     ("scratch.head_block.depthwise.depthwise.", "image.spatial.conv."),
@@ -51,9 +60,35 @@ def official_state_dict(ckpt: dict) -> tuple[dict[str, torch.Tensor], str]:
         state, kind = ckpt, "state-dict"
     if state and all(k.startswith("net.") for k in state):
         state = {k[len("net."):]: v for k, v in state.items()}
-    if not any(k.startswith("pretrained.model.") for k in state):
-        raise ConversionError("no 'pretrained.model.*' keys: not an official lang-seg LSegNet checkpoint")
+    if not any(k.startswith(("pretrained.model.", "pretrained.layer1.")) for k in state):
+        raise ConversionError("no 'pretrained.model.*' keys: not an official lang-seg LSegNet checkpoint "
+                              "(nor 'pretrained.layer1.*': not a zero-shot ResNet one)")
     return state, kind
+
+
+def describe_backbone(name: str) -> str:
+    """``resnet101 (official clip_resnet101)`` for messages."""
+    official = BACKBONES[name].official
+    return f"{name} (official {official})" if official else name
+
+
+def detect_backbone(official: dict[str, torch.Tensor]) -> str:
+    """Which supported image encoder the official state dict holds (our name); raise if none.
+
+    ResNet: its stem convolution ``pretrained.layer1.0``; ViT: the patch embedding's shape
+    ``[width, 3, patch, patch]``, which tells the table's ViTs apart.
+    """
+    if "pretrained.layer1.0.weight" in official:
+        return next(n for n, s in BACKBONES.items() if s.kind == "resnet")
+    proj = official.get("pretrained.model.patch_embed.proj.weight")
+    if not isinstance(proj, torch.Tensor) or proj.ndim != 4:
+        raise ConversionError("missing key 'pretrained.model.patch_embed.proj.weight' (cannot tell the image encoder)")
+    width, patch = int(proj.shape[0]), int(proj.shape[-1])
+    for name, spec in BACKBONES.items():
+        if spec.kind == "vit" and (spec.width, spec.patch) == (width, patch):
+            return name
+    raise ConversionError(f"the file holds a ViT of width {width} with {patch}x{patch} patches, which is none of "
+                          f"the supported backbones: {', '.join(map(describe_backbone, BACKBONES))}")
 
 
 def map_key(key: str) -> str | None:
@@ -119,13 +154,17 @@ def convert_state_dict(official: dict[str, torch.Tensor], expected: dict[str, to
 HEAD_BLOCK_KEY = "scratch.head_block.depthwise.depthwise.weight"
 
 
-def convert_checkpoint(src: str | Path, cfg: Config, trust_pickle: bool = False) -> dict[str, Any]:
+def convert_checkpoint(src: str | Path, cfg: Config, trust_pickle: bool = False,
+                       backbone: str | None = None) -> dict[str, Any]:
     """The lseg-hpc payload (model + ``cfg``) for the official file ``src``; errors name ``src``.
 
-    ``cfg.model`` must describe the network the file was trained with; the official files do not
-    record it, so a mismatch is reported by key with the setting to check.
+    The image encoder is the one the file holds; ``backbone`` (ours or lang-seg's name) is the
+    caller's claim, checked against it. The rest of ``cfg.model`` must describe the network the
+    file was trained with (the files do not record it), so a mismatch is reported by key with the
+    setting to check.
     """
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    if backbone is not None:
+        backbone_spec(backbone_name(backbone))  # an unsupported name is a config error, before any reading
     try:
         ckpt = load_checkpoint(src, trust_pickle=trust_pickle)
     except CheckpointError as exc:
@@ -134,6 +173,15 @@ def convert_checkpoint(src: str | Path, cfg: Config, trust_pickle: bool = False)
         raise
     try:
         official, kind = official_state_dict(ckpt)
+        found = detect_backbone(official)
+        if backbone is not None and backbone_name(backbone) != found:
+            hint = BACKBONES[found].official or found
+            raise ConversionError(f"the file holds the image encoder {describe_backbone(found)}, not {backbone}; "
+                                  f"convert it with --backbone {hint}")
+        model = dataclasses.replace(cfg.model, pretrained=False)
+        if model.backbone != found:  # hooks / widths set for another encoder do not apply: the table's do
+            model = dataclasses.replace(model, backbone=found, hooks=None, reassemble_channels=None)
+        cfg = dataclasses.replace(cfg, model=model)
         if HEAD_BLOCK_KEY in official and cfg.model.arch_option == 0:
             raise ConversionError(f"the checkpoint has '{HEAD_BLOCK_KEY}' (arch_option 1 or 2): pass --arch-option "
                                   "1|2 and the --block-depth/--activation it was trained with")

@@ -18,18 +18,17 @@ from lseg.models.checkpointing import checkpoint
 class Reassemble(nn.Module):
     """One hook: project readout (CLS concatenated to every token), tokens -> map, 1x1 conv, resample.
 
-    ``scale`` is the resampling relative to the 1/16 token grid: 4 (ConvTranspose k4 s4), 2
-    (ConvTranspose k2 s2), 1 (identity) or 0.5 (3x3 conv, stride 2).
+    ``scale`` is the resampling of the token grid (1/16 for ViT-L/16, 1/32 for ViT-B/32): 8, 4 or 2
+    (ConvTranspose with kernel = stride = scale), 1 (identity) or 0.5 (3x3 conv, stride 2).
     """
 
     def __init__(self, vit_dim: int, channels: int, scale: float) -> None:
         super().__init__()
         self.project = nn.Sequential(nn.Linear(2 * vit_dim, vit_dim), nn.GELU())
         self.conv = nn.Conv2d(vit_dim, channels, kernel_size=1)
-        if scale == 4:
-            self.resample: nn.Module = nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=4)
-        elif scale == 2:
-            self.resample = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+        if scale in (8, 4, 2):
+            self.resample: nn.Module = nn.ConvTranspose2d(channels, channels, kernel_size=int(scale),
+                                                          stride=int(scale))
         elif scale == 1:
             self.resample = nn.Identity()
         elif scale == 0.5:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lseg.config import ConfigError, ModelConfig
-from lseg.models.backbone import ViTBackbone
+from lseg.models.backbone import PIPELINE_MEAN, PIPELINE_STD, Renormalize, ResNetBackbone, ViTBackbone, resolve_levels
 from lseg.models.checkpointing import checkpoint
 from lseg.models.dpt import DPTDecoder, Reassemble
 from lseg.models.text import TextEncoder, text_tower_config
@@ -84,22 +84,28 @@ class _ScaledCosine(torch.autograd.Function):
 
 
 class LSegImage(nn.Module):
-    """Everything trainable: ViT backbone, reassemble, DPT fusion, ``head1``, spatial block, logit scale.
+    """Everything trainable: image encoder, reassemble, DPT fusion, ``head1``, spatial block, logit scale.
 
     ``forward(images, text_features) -> logits (B, N, H, W)`` in fp32; with ``upsample=False`` the
     logit map at half resolution, from which training computes its loss without ever holding the
-    full-resolution logits (``lseg.engine.loss``).
+    full-resolution logits (``lseg.engine.loss``). The encoder is a ViT (token maps, reassembled to
+    1/4 .. 1/32 by ``reassemble``) or a ResNet (its four stages; ``reassemble`` is then empty).
     """
 
     def __init__(self, cfg: ModelConfig, embed_dim: int, backbone_file: str | None = None) -> None:
         super().__init__()
-        self.backbone = ViTBackbone(cfg.backbone, cfg.hooks, pretrained=cfg.pretrained,
-                                    pretrained_file=backbone_file)
-        scales = (4, 2, 1, 0.5)  # 1/16 token grid -> 1/4, 1/8, 1/16, 1/32
-        self.reassemble = nn.ModuleList(
-            Reassemble(self.backbone.embed_dim, c, s) for c, s in zip(cfg.reassemble_channels, scales)
-        )
-        self.decoder = DPTDecoder(cfg.reassemble_channels, cfg.features)
+        spec, hooks, channels = resolve_levels(cfg)
+        self.input_norm = (Renormalize(spec.mean, spec.std)
+                           if (spec.mean, spec.std) != (PIPELINE_MEAN, PIPELINE_STD) else None)
+        if spec.kind == "resnet":
+            self.backbone: nn.Module = ResNetBackbone(pretrained_file=backbone_file)
+            self.reassemble = nn.ModuleList()
+        else:
+            self.backbone = ViTBackbone(cfg.backbone, hooks, pretrained=cfg.pretrained, pretrained_file=backbone_file)
+            self.reassemble = nn.ModuleList(
+                Reassemble(self.backbone.embed_dim, c, s) for c, s in zip(channels, spec.factors)
+            )
+        self.decoder = DPTDecoder(channels, cfg.features)
         self.head1 = nn.Conv2d(cfg.features, embed_dim, kernel_size=1)
         self.spatial = (SpatialRegularizer(cfg.arch_option, cfg.block_depth, cfg.activation)
                         if cfg.arch_option in (1, 2) else None)
@@ -118,15 +124,17 @@ class LSegImage(nn.Module):
         return self.logit_scale_fixed.float()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute in backward instead of keeping activations: every ViT block, every fusion block and
-        the head (``head1`` + label dot-product), each non-reentrant; memory for about 1/4 more compute.
+        """Recompute in backward instead of keeping activations: every ViT block (ResNet: the stem and
+        every bottleneck block), reassemble stage and fusion block, and the head (``head1`` + label
+        dot-product), each non-reentrant; memory for about 1/4 more compute.
         """
         self.backbone.set_grad_checkpointing(enable)
         self.decoder.grad_checkpointing = enable
         self.grad_checkpointing = enable
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``backbone``: the ViT; ``decoder``: all other trainable parameters (official: 10x LR)."""
+        """``backbone``: the image encoder (ViT / ResNet); ``decoder``: all other trainable parameters
+        (official: 10x LR)."""
         backbone_ids = {id(p) for p in self.backbone.parameters()}
         return {
             "backbone": [p for p in self.backbone.parameters() if p.requires_grad],
@@ -134,6 +142,10 @@ class LSegImage(nn.Module):
         }
 
     def _decode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            images = self.input_norm(images)
+        if not len(self.reassemble):  # ResNet: the stage outputs are the four maps
+            return self.decoder(self.backbone(images))
         tokens, grid = self.backbone(images)
         if self.grad_checkpointing and torch.is_grad_enabled():  # keeps only the maps, not the 2x-wide readout
             maps = [checkpoint(r, t, grid) for r, t in zip(self.reassemble, tokens)]
@@ -196,6 +208,8 @@ class LSeg(nn.Module):
         device = self.image.head1.weight.device
         if hasattr(self.image, "logit_scale_fixed"):
             self.image.logit_scale_fixed = torch.tensor(float(self.config.logit_scale), device=device)
+        if self.image.input_norm is not None:
+            self.image.input_norm.reset(device)
         tower = self.text.tower
         if getattr(tower, "attn_mask", None) is not None:
             tower.attn_mask = tower.build_causal_mask().to(tower.positional_embedding.device)
@@ -210,7 +224,8 @@ def build_model(cfg: ModelConfig) -> LSeg:
     backbone_file = text_file = None
     if cfg.pretrained:
         from lseg.models import weights
+        from lseg.models.backbone import backbone_spec
 
-        backbone_file = weights.locate(weights.timm_source(cfg.backbone), cfg.weights_cache)
+        backbone_file = weights.locate(weights.timm_source(backbone_spec(cfg.backbone).weights), cfg.weights_cache)
         text_file = weights.locate(weights.open_clip_source(cfg.text.arch, cfg.text.pretrained), cfg.weights_cache)
     return LSeg(cfg, backbone_file=backbone_file, text_file=text_file)

@@ -4,7 +4,8 @@ Compute nodes of most clusters cannot reach the Hugging Face Hub, and a download
 hang on a firewalled socket. So weights are looked up in a local Hugging Face cache first (the
 layout ``hf_hub_download`` writes, filled on a login node by ``tools/prepare_weights.py``), and the
 model itself never downloads. Every failure is one line that names the cache directory and the
-command that fills it.
+command that fills it. The ResNet-101 encoder's ImageNet weights are torchvision's (IMAGENET1K_V1,
+resnet101-63fe2227.pth), read from their Hub copy ``timm/resnet101.tv_in1k`` through the same cache.
 """
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def open_clip_source(arch: str, tag: str) -> WeightSource:
     return WeightSource(f"open_clip '{arch}' ({tag})", repo, names)
 
 
+def read_weights_file(path: str) -> dict:
+    """A state dict from a ``.safetensors`` file or a torch file (tensors only, never arbitrary pickles)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def find_cached(src: WeightSource, cache_dir: str) -> str | None:
     """Path of the first of ``src.filenames`` present in ``cache_dir``, without any network call."""
     from huggingface_hub import try_to_load_from_cache
@@ -118,9 +130,12 @@ def prepare_cache(model_cfg, cache_dir: str, echo=print) -> str:
     Run on a login node: compute nodes then only :func:`locate` files, so a job never waits on the
     network. Files already cached are left alone, so a rerun is cheap.
     """
+    from lseg.models.backbone import backbone_spec
+
     cache_dir = cache_dir_for(cache_dir)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    for src in (timm_source(model_cfg.backbone), open_clip_source(model_cfg.text.arch, model_cfg.text.pretrained)):
+    image_src = timm_source(backbone_spec(model_cfg.backbone).weights)
+    for src in (image_src, open_clip_source(model_cfg.text.arch, model_cfg.text.pretrained)):
         path = find_cached(src, cache_dir)
         if path is not None:
             echo(f"cached     {src.what}: {path}")

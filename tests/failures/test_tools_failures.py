@@ -240,3 +240,17 @@ def test_benchmark_rejects_a_bad_config_in_one_line(tmp_path, capsys):
     assert bench.main(["train-step", "--config", str(SMOKE), "train.max_stpes=3"]) == 2
     assert one_error_line(capsys) == "error: unknown config key 'train.max_stpes' (did you mean 'train.max_steps'?)"
     assert not marker.exists()
+
+
+def test_synthetic_layout_flags(tools, tmp_path, capsys):
+    syn = tools["make_synthetic_mseg"]
+    for argv, needle in [(["--layout", "coco"], "argument --layout: invalid choice: 'coco'"),
+                         (["--layout", "foodseg103", "--datasets", "ade20k-150-relabeled"],
+                          "--datasets: only with --layout mseg")]:
+        with pytest.raises(SystemExit) as exc:
+            syn.main(["--output", str(tmp_path / "s"), *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and needle in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+    assert syn.main(["--output", str(tmp_path / "f"), "--layout", "folder", "--num-train", "2", "--num-val", "1"]) == 0
+    assert (tmp_path / "f" / "val.txt").read_text() == "val_00001\n"

@@ -145,6 +145,16 @@ def test_train_skip_policy_stops_when_every_file_is_bad(tmp_path, synthetic_root
     assert_one_line(rc, err, "error (rank 0): 64 bad samples in a row in ade20k-150-relabeled")
 
 
+def test_train_unsupported_backbone_lists_the_supported_ones(tmp_path, synthetic_root, capsys):
+    rc, err = train_main(capsys, tmp_path / "run", synthetic_root, "model.backbone=resnet50")
+    assert_one_line(rc, err, "error (rank 0): model.backbone: 'resnet50' is not supported; supported: "
+                    "vit_large_patch16_384 (official clip_vitl16_384), vit_base_patch32_384 (official clip_vitb32_384), "
+                    "resnet101 (official clip_resnet101), vit_tiny_patch16_224")
+    rc, err = train_main(capsys, tmp_path / "run", synthetic_root, "model.backbone=resnet101", "model.hooks=[1,2,3,4]")
+    assert_one_line(rc, err, "error (rank 0): model.hooks: resnet101 has none (its four stages feed the decoder); "
+                    "set model.hooks=null")
+
+
 def test_train_class_names_empty_or_too_long_for_the_tokenizer(tmp_path, synthetic_root, capsys):
     names = tmp_path / "names.yaml"
     names.write_text("pier_wharf: " + "very " * 80 + "long pier\n")
@@ -159,6 +169,13 @@ def test_train_class_names_empty_or_too_long_for_the_tokenizer(tmp_path, synthet
     rc, err = train_main(capsys, tmp_path / "r3", synthetic_root, f"data.class_names_file={names}")
     assert_one_line(rc, err, f"malformed YAML in data.class_names_file {names}")
     assert not marker.exists()
+
+
+def test_train_holdout_class_not_in_the_label_space_suggests_the_closest(tmp_path, synthetic_root, capsys):
+    rc, err = train_main(capsys, tmp_path / "run", synthetic_root, "data.holdout_classes=[sky, road_barier]")
+    assert_one_line(rc, err, "error (rank 0): data.holdout_classes: 'road_barier' is not a class of the label space "
+                             "'universal' (did you mean 'road barrier'?)")
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
 
 
 def test_train_output_dir_not_writable(tmp_path, synthetic_root, capsys, files):
@@ -199,6 +216,28 @@ def test_resume_never_runs_a_pickled_payload_and_skips_bad_files(tmp_path, synth
     assert "step_00000008.pt: truncated or corrupt checkpoint" in text
     assert "step_00000007.pt" in text
     assert not list(ckpts.glob(".*.tmp"))
+
+
+def test_init_from_bad_sources_stop_start_up_with_one_line(tmp_path, synthetic_root, capsys, files):
+    from reference_lseg import make_reference, save_lightning
+
+    official = save_lightning(make_reference(), tmp_path / "demo_e200.ckpt")
+    marker = tmp_path / "pwned"
+    evil = evil_checkpoint(tmp_path / "evil.pt", marker)
+    cases = [
+        (files["other"], [], ["does not fit this run's model: key '", "has shape [48,", "but [32,",
+                              "model.features=48 in the source, 32 here", "train.init_exclude"]),
+        (official, [], [f"{official} is an official lang-seg checkpoint", "tools/convert_langseg.py"]),
+        (files["plain"], [], ["is not an lseg-hpc checkpoint", "tools/convert_langseg.py"]),
+        (evil, [], ["evil.pt: refused to unpickle objects that could run code", "--trust-pickle"]),
+        (files["good"], ["train.init_ema=true"], ["train.init_ema=true but", "has no EMA weights"]),
+        (files["good"], ["train.init_exclude=['(']"], ["error (rank ?): train.init_exclude[0]: '(' is not a valid regex"]),
+    ]
+    for i, (src, extra, needles) in enumerate(cases):
+        rc, err = train_main(capsys, tmp_path / f"run{i}", synthetic_root, f"train.init_from={src}", *extra)
+        assert_one_line(rc, err, *needles)
+        assert not list((tmp_path / f"run{i}").glob("checkpoints/*.pt"))  # stopped before any training
+    assert not marker.exists()
 
 
 @pytest.mark.slow
@@ -356,3 +395,70 @@ def test_ddp_rank_that_raises_shows_one_traceback_and_the_other_one_line(tmp_pat
     assert len(lines0) == 1 and "Traceback" not in err0, err0
     assert lines0[0].startswith("rank 0: stopping because another rank failed ("), lines0[0]
     assert "step 2/200" in out0 and "step 3/200" not in out0
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> Path:
+    from lseg.data.synthetic import make_synthetic
+
+    out = tmp_path_factory.mktemp("layouts")
+    for layout in ("ade20k-150", "foodseg103", "folder"):
+        make_synthetic(out, layout, 4, 2, size=(48, 64), seed=4, num_classes=6)
+    return out
+
+
+def _damage(root: Path, damage: str) -> tuple[str, Path]:
+    """Break one thing in a copy of the layouts; returns (dataset, the file (or the folder of the
+    damaged masks, read in sampler order) the message must name)."""
+    food, ade = root / "FoodSeg103", root / "ADEChallengeData2016"
+    if damage == "rgb_mask":
+        for mask in (food / "Images/ann_dir/train").iterdir():
+            Image.open(mask).convert("RGB").save(mask)
+        return "foodseg103", food / "Images/ann_dir/train"
+    if damage == "value_outside_classes":
+        for mask in (ade / "annotations/training").iterdir():
+            Image.new("L", Image.open(mask).size, 180).save(mask)
+        return "ade20k-150", ade / "annotations/training"
+    if damage == "image_without_mask":
+        for mask in (ade / "annotations/training").iterdir():
+            mask.unlink()
+        return "ade20k-150", ade / "annotations/training"
+    if damage in ("category_id_missing", "category_id_duplicate"):
+        cat = food / "category_id.txt"
+        if damage.endswith("missing"):
+            cat.unlink()
+        else:
+            cat.write_text(cat.read_text().replace("2\tegg tart", "2\tcandy"))
+        return "foodseg103", cat
+    classes = root / "classes.txt"
+    if damage == "classes_missing":
+        classes.unlink()
+    else:
+        classes.write_text("sky\ngrass\nsky\n")
+    return "folder", classes
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("rgb_mask", ["is a colour image (mode RGB), not an index PNG", "Image.fromarray(ids.astype(np.uint8))"]),
+    ("value_outside_classes", ["bad sample", "label values [180] outside the ade20k-150 taxonomy (1..150, 0)"]),
+    ("image_without_mask", ["bad sample", "missing label file", "(data.on_bad_sample=skip skips such samples)"]),
+    ("category_id_missing", ["FoodSeg103 category_id.txt not found", "lines '<id><TAB><name>', 0 = background"]),
+    ("category_id_duplicate", ["class name 'candy' appears twice (lines 2 and 3)"]),
+    ("classes_missing", ["classes.txt not found", "one class name per line"]),
+    ("classes_duplicate", ["class name 'sky' appears twice (lines 1 and 3)"]),
+])
+def test_train_bad_dataset_files_name_the_file_and_fix(tmp_path, layouts, capsys, damage, needles):
+    root = broken_copy(layouts, tmp_path / "data")
+    dataset, path = _damage(root, damage)
+    rc, err = train_main(capsys, tmp_path / "run", root, f"data.label_space={dataset}", "train.max_steps=1",
+                         f"data.train_datasets=[{dataset}]", f"data.val_datasets=[{dataset}]",
+                         "data.on_bad_sample=error")
+    assert_one_line(rc, err, "error (rank ", str(path), *needles)
+
+
+def test_train_dataset_outside_the_label_space_names_the_fix(tmp_path, layouts, capsys):
+    rc, err = train_main(capsys, tmp_path / "run", layouts, "data.train_datasets=[foodseg103]",
+                         "data.val_datasets=[foodseg103]")
+    assert_one_line(rc, err, "error (rank 0): data.train_datasets: foodseg103 has no mapping into "
+                             "data.label_space=universal", "set data.label_space=foodseg103")
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -13,6 +13,7 @@ from lseg.models import load_model
 
 from helpers import REPO, SMOKE, load_tool, one_error_line
 from reference_lseg import FEATURES, make_reference, official_state, rel_l2, save_lightning, tokens
+from reference_lseg_zs import make_rn_reference
 
 TOOL = REPO / "tools" / "convert_langseg.py"
 LABELS = ["dog", "grass", "other", "traffic light"]
@@ -109,3 +110,23 @@ def test_bad_flags_are_one_line_before_any_work(tmp_path, capsys):
         main(src, tmp_path / "out.pt", "--block-depth", "-1")
     assert exit_info.value.code == 2 and "--block-depth: must be >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists() and torch.load(src, weights_only=True)["epoch"] == 3
+
+
+def test_backbone_flag_checks_the_file(tmp_path, capsys):
+    """--backbone (ours or lang-seg's name) must match the encoder the file holds: one line naming it."""
+    src = save_lightning(make_rn_reference(), tmp_path / "fss_rn101.ckpt")
+    assert main(src, tmp_path / "out.pt", "--backbone", "clip_vitl16_384") == 2
+    assert one_error_line(capsys) == (f"error: {src}: the file holds the image encoder resnet101 (official "
+                                      "clip_resnet101), not clip_vitl16_384; convert it with --backbone clip_resnet101")
+    assert not (tmp_path / "out.pt").exists()
+    # --config smoke.yaml describes a ViT; the flag (and the file) say ResNet: the file's encoder is built
+    assert main(src, tmp_path / "out.pt", "--backbone", "clip_resnet101") == 0
+    assert "backbone resnet101, arch_option 0" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "out.pt")["config"]["model"]["backbone"] == "resnet101"
+    vit = save_lightning(make_reference(), tmp_path / "fss_l16.ckpt")
+    assert main(vit, tmp_path / "out2.pt", "--backbone", "resnet101") == 2
+    assert one_error_line(capsys).endswith("holds the image encoder vit_tiny_patch16_224, not resnet101; "
+                                           "convert it with --backbone vit_tiny_patch16_224")
+    with pytest.raises(SystemExit) as exit_info:
+        main(vit, tmp_path / "out2.pt", "--backbone", "resnet50")
+    assert exit_info.value.code == 2 and "--backbone: invalid choice: 'resnet50'" in capsys.readouterr().err

@@ -196,3 +196,15 @@ def test_payload_and_the_ema_key_rule():
         model_weights({"model": model}, "p.pt", use_ema=True)
     with pytest.raises(CheckpointError, match="p.pt: no 'model' state dict"):
         model_weights({"w": torch.zeros(1)}, "p.pt", use_ema=False)
+
+
+def test_best_by_seen_classes_when_classes_are_held_out(tmp_path):
+    """With held-out classes the best checkpoint is chosen on the seen classes only, never on the unseen."""
+    mgr = CheckpointManager(tmp_path, keep_last=1, best_metric="eval/mIoU_seen")
+    mgr.save(_state(10), 10)
+    mgr.record_metrics(10, {"eval/mIoU": 0.2, "eval/mIoU_seen": 0.5, "eval/mIoU_unseen": 0.0})
+    mgr.save(_state(20), 20)
+    mgr.record_metrics(20, {"eval/mIoU": 0.4, "eval/mIoU_seen": 0.3, "eval/mIoU_unseen": 0.6})
+    index = json.loads((tmp_path / "checkpoints/index.json").read_text())
+    assert index["best"] == {"step": 10, "path": "step_00000010.pt", "metric": "eval/mIoU_seen", "value": 0.5}
+    assert sorted(s for s, _ in mgr.step_files()) == [10, 20]  # best kept beside the last one

@@ -12,9 +12,12 @@ from helpers import REPO  # noqa: E402
 
 def test_real_recipe_matches_official_hyper_parameters():
     cfg = load_config(REPO / "configs/lseg_vitl16_480_mseg.yaml")
+    from lseg.models.backbone import resolve_levels
+
     assert cfg.model.backbone == "vit_large_patch16_384"
-    assert cfg.model.hooks == [5, 11, 17, 23]
-    assert cfg.model.reassemble_channels == [256, 512, 1024, 1024] and cfg.model.features == 256
+    _, hooks, channels = resolve_levels(cfg.model)  # the backbone's official values (none set in the file)
+    assert hooks == [5, 11, 17, 23]
+    assert channels == [256, 512, 1024, 1024] and cfg.model.features == 256
     assert (cfg.optim.name, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.9, 1e-4)
     assert cfg.optim.lr == pytest.approx(0.004 / 16 * cfg.train.batch_size)
     assert cfg.optim.decoder_lr_mult == 10.0 and cfg.optim.poly_power == 0.9

@@ -28,7 +28,7 @@ from lseg.data import (
     samples_per_epoch_per_rank,
     to_tensors,
 )
-from lseg.data.datasets import RelabeledDataset, SegmentationSet
+from lseg.data.datasets import SegmentationSet, open_dataset
 from lseg.data.paths import resolve_lists_root
 from lseg.data.sampler import mixture_counts
 from lseg.data.synthetic import class_colour, make_synthetic_mseg
@@ -416,18 +416,17 @@ def test_empty_or_missing_split_list_names_the_path(syn, mseg_root, tmp_path):
 
 
 def test_unknown_dataset_name(syn, mseg_root):
-    cfg = smoke_cfg(syn, mseg_root, "data.train_datasets=[ade20k-150]")
-    with pytest.raises(DataError, match="unknown dataset 'ade20k-150': supported are"):
+    cfg = smoke_cfg(syn, mseg_root, "data.train_datasets=[ade20k-15O]")
+    with pytest.raises(DataError, match="unknown dataset 'ade20k-15O' \\(did you mean 'ade20k-150'\\?\\): supported are"):
         build_train_loader(cfg, 0, 1, 0, 0)
 
 
 def test_real_mseg_lists_parse(mseg_root, tmp_path):
     """Real ADE20K split lists from the snapshot: 20,210 train / 2,000 val pairs in MSeg's layout."""
     (tmp_path / "ADE20K/ADEChallengeData2016").mkdir(parents=True)
-    tax = load_taxonomy(mseg_root)
     lists = Path(mseg_root) / "mseg/dataset_lists"
-    train = RelabeledDataset(ADE, tmp_path, lists, "train", tax)
-    val = RelabeledDataset(ADE, tmp_path, lists, "val", tax)
+    d = smoke_cfg(tmp_path, mseg_root, f"data.lists_root={lists}").data
+    train, val = open_dataset(d, ADE, "train"), open_dataset(d, ADE, "val")
     assert len(train) == 20210 and len(val) == 2000
     assert train.paths(0) == (tmp_path / "ADE20K/ADEChallengeData2016/images/training/ADE_train_00000001.jpg",
                               tmp_path / "ADE20K/ADEChallengeData2016/annotations_semseg150_relabeled/training/"

@@ -263,3 +263,103 @@ def test_plan_cells_ids_done_and_selected(tmp_path, tax, prompts):
         plan_cells(SweepSettings(**{**s.__dict__, "cells": ["nope"]}), cfg, tax, prompts)
     changed = plan_cells(SweepSettings(**{**s.__dict__, "max_samples": 3}), cfg, tax, prompts)
     assert not {c.cell_id for c in changed.cells} & set(ids)  # a different sample limit is a different cell
+
+
+# ---------------------------------------------------------------------------------------- held-out classes
+
+
+def _cell(conf, cell_id, step, **extra):
+    return cell_record(conf, ["a", "b", "c"], [False] * 3, 1, 0, 0.5, cell_id=cell_id, checkpoint=f"r/{cell_id}",
+                       checkpoint_path="/x", step=step, dataset=ADE, label_set="universal",
+                       **whole_protocol().describe(), weights="model", precision="fp32", world_size=1, device="cpu",
+                       **extra)
+
+
+def test_tables_gain_seen_unseen_columns_only_with_held_out_classes(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    conf = torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 1]])  # IoU a 3/5, b 2/3, c 1/2
+    plain = _cell(conf, "plain", 10)
+    assert not {"mIoU_seen", "mIoU_unseen", "hIoU", "unseen_classes"} & plain.keys()
+    publish(tmp_path, plain, conf)
+    header = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert "seen" not in header and "seen" not in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "per_class.csv").read_text().splitlines()[0].endswith(",iou,gt_pixels")
+
+    held = _cell(conf, "held", 20, unseen=[2])
+    s, u = (3 / 5 + 2 / 3) / 2, 1 / 2
+    assert held["unseen_classes"] == ["c"] and held["mIoU_unseen"] == u
+    assert held["mIoU_seen"] == pytest.approx(s) and held["hIoU"] == pytest.approx(2 * s * u / (s + u))
+    with SummaryWriter(str(tmp_path / "tb")) as writer:
+        publish(tmp_path, held, conf, writer)
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    cols = rows[0].split(",")
+    assert cols[cols.index("mIoU_sub") + 1: cols.index("mIoU_sub") + 5] == ["mIoU_seen", "mIoU_unseen", "hIoU",
+                                                                            "unseen_classes"]
+    by_id = {r.split(",")[cols.index("cell_id")]: r for r in rows[1:]}
+    assert by_id["plain"].split(",")[cols.index("hIoU")] == ""  # a run without held-out classes: empty cells
+    assert by_id["held"].split(",")[cols.index("mIoU_unseen")] == "0.5"
+    md = (tmp_path / "results.md").read_text()
+    assert "| mIoU seen | mIoU unseen | hIoU |" in md
+    assert f"| r/held | 20 | {ADE} | universal | whole | 1 | 58.89 | 75.00 | 59.17 | – | 63.33 | 50.00 | 55.88 |" in md
+    per_class = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert per_class[0].endswith(",unseen") and "held,r/held,20,ade20k-150-relabeled,universal,whole,c,0.5,2,True" \
+        in per_class
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    (event,) = acc.Scalars(f"{ADE}/universal/whole/hIoU")
+    assert event.step == 20 and event.value == pytest.approx(2 * s * u / (s + u))
+
+
+# ---------------------------------------------------------------------------------------- label sets of other datasets
+
+
+def _food_space():
+    from lseg.data import LabelSpace
+    from lseg.data.synthetic import FOODSEG103_CLASSES
+
+    return LabelSpace("foodseg103", FOODSEG103_CLASSES, FOODSEG103_CLASSES)
+
+
+def test_own_label_sets_of_a_dataset_without_universal_mapping(tax, prompts, tmp_path):
+    own = _food_space()
+    ls = resolve_label_set("dataset", "foodseg103", tax, prompts, own, ())
+    assert ls.space == "foodseg103" and ls.num_classes == 104 and ls.prompts == list(own.prompts)
+    assert ls.gt_lut[:104].tolist() == list(range(104)) and ls.gt_lut[104] == 255
+    for spec in ("universal", "synonyms"):
+        with pytest.raises(SweepError, match=f"label set '{spec}': dataset foodseg103 has no mapping into the universal"):
+            resolve_label_set(spec, "foodseg103", tax, prompts, own, ())
+    txt = tmp_path / "food.txt"
+    txt.write_text("\n".join(["plate", *own.prompts[1:]]) + "\n")
+    ls = resolve_label_set(str(txt), "foodseg103", tax, prompts, own, ())
+    assert ls.space == "foodseg103" and ls.substituted == [True] + [False] * 103
+
+
+def test_foodseg103_synonym_file(tax, prompts):
+    """The shipped synonym set: the FoodSeg LSeg pairs, keyed by real FoodSeg103 names, never another class's name."""
+    from lseg.evaluation.label_sets import SYNONYMS_FILE
+
+    own = _food_space()
+    path = SYNONYMS_FILE.parent / "foodseg103_synonyms.yaml"
+    ls = resolve_label_set(str(path), "foodseg103", tax, prompts, own, ())
+    got = {own.classes[g]: p for p, g in zip(ls.prompts, ls.groups) if ls.substituted[g]}
+    assert {k: got[k] for k in ("candy", "egg tart", "french fries", "chocolate", "biscuit", "popcorn", "pudding")} == {
+        "candy": "sweets", "egg tart": "custard tart", "french fries": "chips", "chocolate": "cocoa",
+        "biscuit": "cookie", "popcorn": "popped corn", "pudding": "custard"}
+    assert len(got) >= 20 and ls.space == "foodseg103" and ls.num_classes == 104
+    assert not set(got.values()) & set(own.classes)
+    with pytest.raises(SweepError, match="keyed by foodseg103's classes"):
+        resolve_label_set(str(path), ADE, tax, prompts)
+
+
+def test_ade20k_150_label_sets(tax, prompts):
+    from lseg.data import LabelSpace
+    from lseg.data.builtin import ade20k_classes
+
+    ade = ade20k_classes()
+    own = LabelSpace("ade20k-150", ade.names, ade.prompts)
+    ls = resolve_label_set("dataset", "ade20k-150", tax, prompts, own, ("universal",))
+    assert ls.space == "ade20k-150" and ls.prompts[64] == "coffee" and ls.class_names[64] == "coffee table"
+    uni = resolve_label_set("universal", "ade20k-150", tax, prompts, own, ("universal",))
+    assert uni.space == "universal" and uni.fingerprint == "dd39bd7b43d1"  # the same cells as on any dataset

@@ -423,3 +423,123 @@ def test_vitl_forward_backward_small_input():
     assert out.shape == (1, 2, 64, 96)
     out.float().logsumexp(1).mean().backward()
     assert all(p.grad is not None for p in m.image.parameters())
+
+
+# ------------------------------------------------------------------------------------ other backbones
+def rn_cfg(**overrides):
+    """The zero-shot ResNet-101 image encoder with the smoke decoder and text tower."""
+    return smoke_cfg(backbone="resnet101", **overrides)
+
+
+def test_unsupported_backbone_is_one_config_error():
+    with pytest.raises(ConfigError) as err:
+        build_model(smoke_cfg(backbone="resnet50"))
+    assert str(err.value) == (
+        "model.backbone: 'resnet50' is not supported; supported: vit_large_patch16_384 (official clip_vitl16_384), "
+        "vit_base_patch32_384 (official clip_vitb32_384), resnet101 (official clip_resnet101), vit_tiny_patch16_224")
+    with pytest.raises(ConfigError, match="model.hooks: resnet101 has none"):
+        build_model(smoke_cfg(backbone="resnet101", hooks=[2, 5, 8, 11]))
+
+
+def test_official_backbone_sizes_on_meta():
+    """Image-side parameters of the other official encoders (official counts minus the never-used ones:
+    ViT norm + head, refinenet4.resConfUnit1 = 1,180,672)."""
+    with torch.device("meta"):
+        rn = build_model(dataclasses.replace(load_config(None).model, backbone="resnet101"))
+        b32 = build_model(dataclasses.replace(load_config(None).model, backbone="vit_base_patch32_384"))
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    # torchvision ResNet-101 without fc; scratch 256 * (256+512+1024+2048) * 9 + fusion + head1
+    assert count(rn.image.backbone) == 42_500_160 and count(rn.image) == 42_500_160 + 18_687_488 - 1_180_672
+    # official ViT-B/32 88,297,192 - head 769,000 - norm 1,536; reassemble 7,599,168; scratch 13,157,888
+    assert count(b32.image.backbone) == 87_526_656
+    assert count(b32.image) == 87_526_656 + 7_599_168 + 13_157_888 - 1_180_672
+    assert [tuple(r.resample.weight.shape) for r in b32.image.reassemble[:3]] == [
+        (96, 96, 8, 8), (192, 192, 4, 4), (384, 384, 2, 2)]
+    assert isinstance(b32.image.reassemble[3].resample, torch.nn.Identity)
+    assert b32.image.backbone.hooks == [2, 5, 8, 11] and b32.image.backbone.patch_size == 32
+    assert rn.image.input_norm is not None and b32.image.input_norm is None
+
+
+def test_resnet_input_renormalisation_equals_imagenet_normalisation():
+    """The pipeline's (x - 0.5) / 0.5 images, renormalised in the model, are what the official loader gives
+    the ResNet: (x - ImageNet mean) / ImageNet std (to float rounding); the encoder then computes exactly
+    torchvision's stages."""
+    import torchvision
+
+    from lseg.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Renormalize
+
+    x01 = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(Renormalize(IMAGENET_MEAN, IMAGENET_STD)((x01 - 0.5) / 0.5), (x01 - mean) / std,
+                               rtol=0, atol=1e-6)
+    torch.manual_seed(0)
+    m = build_model(rn_cfg()).eval()
+    tv = torchvision.models.resnet101()
+    tv.load_state_dict({**m.image.backbone.model.state_dict(), **tv.fc.state_dict(prefix="fc.")})
+    tv.eval()
+    with torch.no_grad():
+        x = m.image.input_norm((x01 - 0.5) / 0.5)
+        ours = m.image.backbone(x)
+        x = tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))
+        for k, got in enumerate(ours, start=1):
+            x = getattr(tv, f"layer{k}")(x)
+            assert got.shape == x.shape == (2, 256 * 2 ** (k - 1), 64 // 2 ** (k + 1), 96 // 2 ** (k + 1))
+            assert torch.equal(got, x)
+
+
+@pytest.mark.slow
+def test_resnet_checkpointing_channels_last_and_text_path():
+    """ResNet-101 encoder: activation checkpointing updates every BatchNorm (its 104 and the decoder's 14) once
+    and gives the plain gradients; channels_last and the precomputed-text path give the same logits."""
+    torch.manual_seed(0)
+    plain = build_model(rn_cfg()).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.image.set_grad_checkpointing(True)
+    assert ckpt.image.backbone.grad_checkpointing
+    x, target = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    before = _batchnorm_state(plain)
+    for m in (plain, ckpt):
+        upsampled_segmentation_loss(m.image(x, m.text.encode(LABELS), upsample=False), target).backward()
+    after_plain, after_ckpt = _batchnorm_state(plain), _batchnorm_state(ckpt)
+    assert len(after_plain) == 3 * (104 + 14)
+    for name, value in after_plain.items():
+        assert torch.equal(after_ckpt[name], value), name
+        if name.endswith("num_batches_tracked"):
+            assert int(value) == 1, name
+        else:
+            assert not torch.equal(value, before[name]), name
+    for (name, p), q in zip(plain.image.named_parameters(), ckpt.image.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    plain.eval()
+    with torch.no_grad():
+        want = plain(x, LABELS)
+        torch.testing.assert_close(plain.image(x, plain.text.encode(LABELS)), want, rtol=0, atol=0)
+        plain.image.to(memory_format=torch.channels_last)
+        got = plain(x.contiguous(memory_format=torch.channels_last), LABELS)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_pretrained_weights_load_from_cache(tmp_path):
+    """model.pretrained=true reads torchvision's ImageNet ResNet-101 (the Hub copy timm/resnet101.tv_in1k,
+    torchvision key names, classifier dropped) from the cache, never the network."""
+    import torchvision
+
+    from lseg.models import weights
+
+    cfg = rn_cfg(pretrained=True, weights_cache=str(tmp_path))
+    torch.manual_seed(7)
+    tv = torchvision.models.resnet101().state_dict()
+    src = weights.timm_source("resnet101.tv_in1k")
+    assert src.repo_id == "timm/resnet101.tv_in1k"
+    _fake_hub_file(tmp_path, src.repo_id, "model.safetensors", tv)
+    rand = build_model(smoke_cfg())
+    clip = {k[len("text.tower."):]: v for k, v in rand.state_dict().items() if k.startswith("text.tower.")}
+    src = weights.open_clip_source(cfg.text.arch, cfg.text.pretrained)
+    _fake_hub_file(tmp_path, src.repo_id, src.filenames[0], clip)
+    m = build_model(cfg)
+    torch.testing.assert_close(m.image.backbone.model.layer3[7].conv2.weight, tv["layer3.7.conv2.weight"])
+    torch.testing.assert_close(m.image.backbone.model.bn1.running_var, tv["bn1.running_var"])
+    tv["layer1.0.conv1.weight"] = torch.zeros(3)
+    _fake_hub_file(tmp_path, "timm/resnet101.tv_in1k", "model.safetensors", tv)
+    with pytest.raises(WeightsError, match="not a ResNet-101 ImageNet weight file \\('layer1.0.conv1.weight'"):
+        build_model(cfg)
