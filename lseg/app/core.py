@@ -21,6 +21,7 @@ from PIL import Image
 from lseg.data.errors import DataError
 from lseg.data.names import CLASS_NAMES_FILE, read_class_names, readable, universal_class_names
 from lseg.data.paths import resolve_mseg_root
+from lseg.data.synthetic import FOODSEG103_CLASSES
 from lseg.data.taxonomy import read_names
 from lseg.inference import OFFICIAL_SCALES
 from lseg.predict import PredictError, Predictor, load_image, parse_labels
@@ -103,6 +104,7 @@ def label_presets(checkpoint: str | Path) -> dict[str, list[str]]:
         presets["ADE20K-150"] = [readable(n) for n in read_names(root, "ade20k-150")]
     except DataError:
         pass
+    presets["FoodSeg103"] = list(FOODSEG103_CLASSES)  # the release's class list, carried in the package
     return {f"{name} ({len(labels)})": labels for name, labels in presets.items()}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lseg.data.errors import DataError
+from lseg.data.errors import DataError, read_user_text
 from lseg.data.names import readable
 from lseg.data.paths import DATASET_DIRS, resolve_lists_root, resolve_mseg_root, split_list_path
 from lseg.data.registry import ClassList, DatasetSpec, Encoding, Source, register
@@ -47,14 +47,7 @@ def scan_pairs(src: Source, image_dir: Path, mask_dir: Path, exts: tuple[str, ..
 
 def _lines(path: Path, what: str, fix: str) -> list[str]:
     """Non-empty lines of a small text file; a missing or undecodable file is one line naming the fix."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{what} not found: {path} ({fix})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise DataError(f"cannot read {what} {path}: {reason}") from None
-    lines = [ln.rstrip("\r") for ln in text.split("\n")]
+    lines = [ln.rstrip("\r") for ln in read_user_text(path, what, fix).split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     return lines

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from lseg.data.errors import DataError
+from lseg.data.errors import DataError, read_user_text
 from lseg.data.taxonomy import load_taxonomy
 
 CLASS_NAMES_FILE = "class_names.txt"
@@ -29,13 +29,7 @@ def readable(name: str) -> str:
 
 
 def _read_override_entries(path: Path) -> list[tuple[Any, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"data.class_names_file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise DataError(f"cannot read data.class_names_file {path}: {reason}") from None
+    text = read_user_text(path, "data.class_names_file")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text) or {}

@@ -43,6 +43,7 @@ from lseg.engine.preemption import PreemptionFlag, decide
 from lseg.engine.writers import ConsoleWriter, JsonlWriter, TensorboardWriter
 from lseg.metrics import metrics_to_scalars
 from lseg.models import build_model
+from lseg.models.backbone import check_input_sizes
 from lseg.models.init_from import file_sha256, init_weights
 from lseg.models.loading import first_mismatch
 from lseg.models.text import LabelError
@@ -80,6 +81,8 @@ class Trainer:
         self.train_lut = self.holdout.train_lut.to(self.device) if self.holdout.active else None
         check_label_set(cfg)  # train.label_set=per_sample: each batch's labels are its samples' classes
         self.per_sample = PerSampleLabels(cfg) if cfg.train.label_set == "per_sample" else None
+        check_input_sizes(cfg.model.backbone, {"data.crop_size": cfg.data.crop_size,
+                                                "data.eval_size": cfg.data.eval_size})
         self.model = build_model(cfg.model).to(self.device)
         try:
             self._encode_labels()

@@ -68,6 +68,15 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
+def check_input_sizes(backbone: str, sizes: dict[str, int]) -> None:
+    """Training and evaluation sides must be multiples of the patch size (a ViT-B/32 at 496 px would
+    otherwise fail inside the first forward pass); ``sizes`` maps config keys to values."""
+    patch = backbone_spec(backbone).patch
+    for key, size in sizes.items():
+        if size % patch:
+            raise ConfigError(f"{key}: {size} is not a multiple of {patch}, the patch size of {backbone}")
+
+
 def backbone_name(name: str) -> str:
     """Our name for ``name``, which may also be lang-seg's (``clip_resnet101`` -> ``resnet101``)."""
     official = {s.official: n for n, s in BACKBONES.items() if s.official}

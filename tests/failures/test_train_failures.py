@@ -153,6 +153,10 @@ def test_train_unsupported_backbone_lists_the_supported_ones(tmp_path, synthetic
     rc, err = train_main(capsys, tmp_path / "run", synthetic_root, "model.backbone=resnet101", "model.hooks=[1,2,3,4]")
     assert_one_line(rc, err, "error (rank 0): model.hooks: resnet101 has none (its four stages feed the decoder); "
                     "set model.hooks=null")
+    rc, err = train_main(capsys, tmp_path / "run", synthetic_root, "model.backbone=vit_base_patch32_384",
+                         "data.crop_size=48", "data.eval_size=64")
+    assert_one_line(rc, err, "error (rank 0): data.crop_size: 48 is not a multiple of 32, the patch size of "
+                    "vit_base_patch32_384")
 
 
 def test_train_class_names_empty_or_too_long_for_the_tokenizer(tmp_path, synthetic_root, capsys):

@@ -14,6 +14,8 @@ What is checked, on the smoke config shrunk to 60 steps of 32 px crops (gloo, 1 
    both launchers (only ``srun --kill-on-bad-exit`` can end the frozen one).
 6. ``tools/eval_sweep.py --submit`` on the reference run: one job-array task per cell, with the same
    confusion matrices as the sweep run locally.
+7. ``tools/eval_zeroshot.py --submit`` with the reference run's checkpoint: one job-array task per fold,
+   with the same counts as the folds scored locally.
 
 The tests skip where Slurm or root is missing, except under CI (CI=true), where that is a failure.
 """
@@ -298,6 +300,43 @@ def test_eval_sweep_submit_runs_one_array_task_per_cell(cluster: Cluster, data_r
     array, local = conf(array_dir), conf(local_dir)
     assert len(array) == 2 and array.keys() == local.keys()
     assert all(torch.equal(array[k], local[k]) for k in local)
+
+
+def test_eval_zeroshot_submit_runs_one_array_task_per_fold(cluster: Cluster, reference_run, tmp_path: Path) -> None:
+    """``eval_zeroshot.py --submit``: a submitit job array, one task per fold, each fold's counts equal to
+    the same folds scored in one local process."""
+    import json
+
+    from lseg.zeroshot.synthetic import write_synthetic
+
+    from helpers import load_tool
+
+    run_dir, _ = reference_run
+    root = tmp_path / "hsnet"
+    write_synthetic(root, benchmarks=["pascal-5i"], folds=(0, 1), episodes=3, train_images=0, size=24)
+    common = ["--benchmark", "pascal-5i", "--checkpoint", str(run_dir / "checkpoints/last.pt"), "--data-root",
+              str(root), "--folds", "0", "1", "--protocol", "official", "--max-episodes", "3", "--image-size", "32",
+              "--device", "cpu"]
+    array_dir, local_dir = tmp_path / "array", tmp_path / "local"
+    submit = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "eval_zeroshot.py"), *common, "--output-dir", str(array_dir),
+         "--submit", "--partition", "debug", "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout", "10"],
+        env=cluster.env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert submit.returncode == 0, submit.stderr[-3000:]
+    tasks = re.findall(r"^  job (\d+_\d+): fold", submit.stdout, re.M)
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, submit.stdout  # one array, 2 tasks
+    try:
+        states = [cluster.wait_done(t) for t in tasks]
+    finally:
+        cluster.cancel_all(*tasks)
+    logs = "".join(_read(p) for p in (array_dir / "submitit").glob("*_log.*"))
+    assert states == ["COMPLETED", "COMPLETED"], logs[-3000:]
+
+    assert load_tool("eval_zeroshot").main([*common, "--output-dir", str(local_dir)]) == 0
+    counts = lambda d: {(r["fold"], r["protocol"]): (r["mIoU"], r["FB_IoU"], r["episodes"])  # noqa: E731
+                        for r in (json.loads(p.read_text()) for p in (d / "folds").glob("*.json"))}
+    array, local = counts(array_dir), counts(local_dir)
+    assert sorted(array) == [(0, "official"), (1, "official")] and array == local
 
 
 def _read(path: Path) -> str:

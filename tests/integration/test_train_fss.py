@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_same_weights, final_model, metrics, run_train
+from lseg import faults
+
+from helpers import REPO, assert_same_weights, final_model, metrics, run_train, train_cmd
 
 FSS = ["data.label_space=fss-1000", "data.train_datasets=[fss-1000]", "data.val_datasets=[fss-1000]",
        "data.train_split=train", "data.val_split=baseval", "train.label_set=per_sample", "eval.max_samples=6"]
@@ -39,10 +42,13 @@ def test_fss_trains_per_sample_selects_on_baseval_and_is_scored_zero_shot(tmp_pa
     assert index["best"]["metric"] == "eval/mIoU" and index["best"]["value"] == best["eval/mIoU"]
     assert index["best"]["step"] == best["step"]
 
-    # exact resume: 1 step, then resume to 2 == 2 steps straight (class ids follow the resumable sampler)
+    # exact resume: a crash before step 2, then resume == 2 steps straight (class ids follow the sampler)
     split = tmp_path / "split"
-    run_train(split, fss_root.parent, *FSS, "train.max_steps=1", "train.ckpt_every=1", "eval.every=0")
-    run_train(split, fss_root.parent, *FSS, "train.max_steps=2", "train.ckpt_every=1", "eval.every=0")
+    steps = [*FSS, "train.max_steps=2", "train.ckpt_every=1", "eval.every=1"]
+    crash = subprocess.run(train_cmd(split, fss_root.parent, *steps), capture_output=True, text=True, timeout=600,
+                           env={**os.environ, faults.ENV: "raise:rank=0:step=2"})
+    assert crash.returncode != 0 and "injected failure" in crash.stderr
+    run_train(split, fss_root.parent, *steps)
     assert "resumed from" in (split / "log.txt").read_text()
     assert_same_weights(final_model(split), final_model(run))
 

@@ -117,7 +117,8 @@ def test_heat_image_spans_the_colour_scale_from_the_minimum_to_the_maximum() -> 
 
 def test_label_presets_offer_the_runs_list_and_the_taxonomies_found(checkpoint: Path) -> None:
     presets = label_presets(checkpoint)
-    assert list(presets) == ["this run's classes (3)", "MSeg universal (194)", "ADE20K-150 (150)"]
+    assert list(presets) == ["this run's classes (3)", "MSeg universal (194)", "ADE20K-150 (150)", "FoodSeg103 (104)"]
+    assert presets["FoodSeg103 (104)"][:2] == ["background", "candy"] and "french fries" in presets["FoodSeg103 (104)"]
     assert presets["this run's classes (3)"] == ["wall", "floor", "sky"]
     assert len(set(presets["MSeg universal (194)"])) == 194 and "road barrier" in presets["MSeg universal (194)"]
 
