@@ -35,13 +35,13 @@ from lseg.checkpoints.payload import checkpoint_payload, ema_image_state, proven
 from lseg.config import Config, ConfigError, dump_yaml, to_dict
 from lseg.data.holdout import run_holdout
 from lseg.distributed import DistInfo
-from lseg.evaluation.scoring import argmax_predictor, eval_mode, score
+from lseg.evaluation.scoring import eval_mode
+from lseg.engine.evaluate import evaluate_label_space
 from lseg.engine.loss import upsampled_segmentation_loss
 from lseg.engine.per_sample import PerSampleLabels, check_label_set
 from lseg.engine.optim import build_optimizer, build_scheduler
 from lseg.engine.preemption import PreemptionFlag, decide
 from lseg.engine.writers import ConsoleWriter, JsonlWriter, TensorboardWriter
-from lseg.metrics import metrics_to_scalars
 from lseg.models import build_model
 from lseg.models.backbone import check_input_sizes
 from lseg.models.init_from import file_sha256, init_weights
@@ -348,31 +348,17 @@ class Trainer:
 
     def run_eval(self) -> dict[str, float]:
         """Score every ``data.val_datasets`` on all ranks; log per-dataset and overall metrics and panels."""
-        cfg = self.cfg
         model = self.ema.module if self.ema is not None else self.model.image
-        if self.per_sample is not None:  # 2-way ("others", its class) per sample, as the FSS-1000 test
-            with eval_mode(model):
-                scalars = self.per_sample.evaluate(model, cfg, self.info.rank, self.world, self.device)
-            self._write(scalars)
-            return scalars
-        total = None
-        unseen = self.holdout.unseen_ids
-        scalars: dict[str, float] = {}
         panels: list = []
         with eval_mode(model):
-            features = (self.model.text.encode(self.class_names).to(self.device) if self.holdout.active
-                        else self.text_features)  # held-out classes are scored too
-            predict = argmax_predictor(model, features, cfg.train.precision)
-            for name in cfg.data.val_datasets:
-                loader = lseg_data.build_val_loader(cfg, name, self.info.rank, self.world,
-                                                    max_samples=cfg.eval.max_samples)
-                result = score(predict, loader, len(self.class_names), self.device,
-                               num_panels=cfg.eval.num_image_panels - len(panels))
-                panels += result.panels
-                total = result.confusion if total is None else total + result.confusion
-                per_dataset = metrics_to_scalars(result.confusion, self.class_names, f"eval/{name}", unseen)
-                scalars.update({k: v for k, v in per_dataset.items() if "_iou/" not in k})
-        scalars.update(metrics_to_scalars(total, self.class_names, "eval", unseen))
+            if self.per_sample is not None:  # 2-way ("others", its class) per sample, as the FSS-1000 test
+                scalars = self.per_sample.evaluate(model, self.cfg, self.info.rank, self.world, self.device)
+            else:
+                features = (self.model.text.encode(self.class_names).to(self.device) if self.holdout.active
+                            else self.text_features)  # held-out classes are scored too
+                scalars, panels = evaluate_label_space(self.cfg, model, features, self.class_names,
+                                                       self.holdout.unseen_ids, self.info.rank, self.world,
+                                                       self.device)
         self._write(scalars)
         if self.tb is not None:
             for i, (img, gt, pred) in enumerate(panels):
