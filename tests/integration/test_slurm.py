@@ -278,19 +278,7 @@ def test_eval_sweep_submit_runs_one_array_task_per_cell(cluster: Cluster, data_r
     common = ["--run-dir", str(run_dir), "--last", "2", "--datasets", "ade20k-150-relabeled", "--protocols",
               "single", "--max-samples", "2", "--num-workers", "0", "--device", "cpu", f"data.root={data_root}"]
     array_dir, local_dir = tmp_path / "array", tmp_path / "local"
-    submit = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "eval_sweep.py"), *common, "--output-dir", str(array_dir),
-         "--submit", "--partition", "debug", "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout", "10"],
-        env=cluster.env, capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert submit.returncode == 0, submit.stderr[-3000:]
-    tasks = re.findall(r"^  job (\d+_\d+): ", submit.stdout, re.M)
-    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, submit.stdout  # one array, 2 tasks
-    try:
-        states = [cluster.wait_done(t) for t in tasks]
-    finally:
-        cluster.cancel_all(*tasks)
-    logs = "".join(_read(p) for p in (array_dir / "submitit").glob("*_log.*"))
-    assert states == ["COMPLETED", "COMPLETED"], logs[-3000:]
+    _run_two_task_array(cluster, "eval_sweep.py", [*common, "--output-dir", str(array_dir)], array_dir)
     rows = (array_dir / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 3, rows  # header + one row per task
 
@@ -318,12 +306,23 @@ def test_eval_zeroshot_submit_runs_one_array_task_per_fold(cluster: Cluster, ref
               str(root), "--folds", "0", "1", "--protocol", "official", "--max-episodes", "3", "--image-size", "32",
               "--device", "cpu"]
     array_dir, local_dir = tmp_path / "array", tmp_path / "local"
+    _run_two_task_array(cluster, "eval_zeroshot.py", [*common, "--output-dir", str(array_dir)], array_dir)
+
+    assert load_tool("eval_zeroshot").main([*common, "--output-dir", str(local_dir)]) == 0
+    counts = lambda d: {(r["fold"], r["protocol"]): (r["mIoU"], r["FB_IoU"], r["episodes"])  # noqa: E731
+                        for r in (json.loads(p.read_text()) for p in (d / "folds").glob("*.json"))}
+    array, local = counts(array_dir), counts(local_dir)
+    assert sorted(array) == [(0, "official"), (1, "official")] and array == local
+
+
+def _run_two_task_array(cluster: Cluster, tool: str, args: list[str], array_dir: Path) -> None:
+    """Submit ``tools/<tool> ARGS --submit`` to the debug partition: one job array of two tasks, both COMPLETED."""
     submit = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "eval_zeroshot.py"), *common, "--output-dir", str(array_dir),
-         "--submit", "--partition", "debug", "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout", "10"],
+        [sys.executable, str(REPO / "tools" / tool), *args, "--submit", "--partition", "debug",
+         "--gpus-per-node", "0", "--cpus-per-task", "1", "--timeout", "10"],
         env=cluster.env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert submit.returncode == 0, submit.stderr[-3000:]
-    tasks = re.findall(r"^  job (\d+_\d+): fold", submit.stdout, re.M)
+    tasks = re.findall(r"^  job (\d+_\d+): ", submit.stdout, re.M)
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, submit.stdout  # one array, 2 tasks
     try:
         states = [cluster.wait_done(t) for t in tasks]
@@ -331,12 +330,6 @@ def test_eval_zeroshot_submit_runs_one_array_task_per_fold(cluster: Cluster, ref
         cluster.cancel_all(*tasks)
     logs = "".join(_read(p) for p in (array_dir / "submitit").glob("*_log.*"))
     assert states == ["COMPLETED", "COMPLETED"], logs[-3000:]
-
-    assert load_tool("eval_zeroshot").main([*common, "--output-dir", str(local_dir)]) == 0
-    counts = lambda d: {(r["fold"], r["protocol"]): (r["mIoU"], r["FB_IoU"], r["episodes"])  # noqa: E731
-                        for r in (json.loads(p.read_text()) for p in (d / "folds").glob("*.json"))}
-    array, local = counts(array_dir), counts(local_dir)
-    assert sorted(array) == [(0, "official"), (1, "official")] and array == local
 
 
 def _read(path: Path) -> str:
