@@ -134,12 +134,15 @@ def class_names(cfg: Any) -> list[str]:
     return list(label_space(d).prompts)
 
 
-def write_class_names(cfg: Any, run_dir: str | os.PathLike) -> Path:
-    """Write ``<run_dir>/class_names.txt`` (one name per line, line number = label-space id)."""
+def write_class_names(cfg: Any, run_dir: str | os.PathLike, names: Sequence[str] | None = None) -> Path:
+    """Write ``<run_dir>/class_names.txt`` (one name per line, line number = label-space id).
+
+    ``names``: the run's prompts when the caller holds them already (:func:`class_names` re-reads the
+    class files and re-checks every dataset)."""
     path = Path(run_dir) / CLASS_NAMES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".txt.tmp")
-    tmp.write_text("\n".join(class_names(cfg)) + "\n", encoding="utf-8")
+    tmp.write_text("\n".join(class_names(cfg) if names is None else names) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 

@@ -139,7 +139,7 @@ class Trainer:
         if not self.info.is_main:
             return
         dump_yaml(self.cfg, self.run_dir / "config.yaml")
-        lseg_data.write_class_names(self.cfg, self.run_dir)
+        lseg_data.write_class_names(self.cfg, self.run_dir, self.class_names)
         self.writers = [ConsoleWriter(), JsonlWriter(self.run_dir / "metrics.jsonl")]
         if self.cfg.log.tensorboard:
             self.tb = TensorboardWriter(self.run_dir / "tb")
